@@ -1,0 +1,31 @@
+# Two entry points (see README): `make run` and `make test`. Both set up .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fedpeft-installed
+
+.PHONY: setup run test test-all lint typecheck bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	PY=$(PY) bash scripts/setup.sh
+	touch $(STAMP)
+
+# The default job: a federated simulation on the built-in offline dataset.
+run: $(STAMP)
+	$(BIN)/fedpeft simulate --output runs/default
+
+# Default test run: everything but `slow` and `gpu` (Ray tests included).
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src/fedpeft
+
+clean:
+	rm -rf $(VENV) runs

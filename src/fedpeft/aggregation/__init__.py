@@ -1,0 +1,44 @@
+"""Server-side aggregation: a Strategy ABC, FedAvg, FedAdam and FedYogi, by name."""
+
+from __future__ import annotations
+
+from fedpeft.aggregation.fedavg import FedAvg
+from fedpeft.aggregation.fedopt import FedAdam, FedOpt, FedYogi
+from fedpeft.aggregation.strategy import (
+    ClientUpdate,
+    Strategy,
+    Tensors,
+    weighted_mean,
+    weighted_metrics,
+)
+from fedpeft.config import FederationConfig
+from fedpeft.errors import ConfigError
+
+STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedadam": FedAdam, "fedyogi": FedYogi}
+
+
+def make_strategy(cfg: FederationConfig) -> Strategy:
+    """The strategy named by ``federation.strategy``, configured from ``cfg``."""
+    if cfg.strategy == "fedavg":
+        return FedAvg(server_lr=cfg.server_lr)
+    if cfg.strategy in ("fedadam", "fedyogi"):
+        cls = STRATEGIES[cfg.strategy]
+        return cls(server_lr=cfg.server_lr, beta1=cfg.beta1, beta2=cfg.beta2, tau=cfg.tau)  # type: ignore[call-arg]
+    raise ConfigError(
+        "federation.strategy", f"unknown strategy {cfg.strategy!r}; known: {sorted(STRATEGIES)}"
+    )
+
+
+__all__ = [
+    "STRATEGIES",
+    "ClientUpdate",
+    "FedAdam",
+    "FedAvg",
+    "FedOpt",
+    "FedYogi",
+    "Strategy",
+    "Tensors",
+    "make_strategy",
+    "weighted_mean",
+    "weighted_metrics",
+]

@@ -1,0 +1,87 @@
+"""The Strategy ABC: hooks for configure/aggregate of training and evaluation.
+
+As in Flower's ``Strategy``, the round loop belongs to the engine
+(:class:`fedpeft.coordinator.engine.RoundEngine`); a strategy only answers the hooks.
+Adapters travel as named float32 numpy arrays (``Tensors``); updates are deltas
+``θ_local − θ_start``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One decoded, validated client update."""
+
+    client_id: int
+    num_examples: int
+    delta: Tensors
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+def weighted_mean(updates: Sequence[ClientUpdate]) -> Tensors:
+    """Σ n_i Δ_i / Σ n_i, accumulated in float64 in client-id order (deterministic)."""
+    if not updates:
+        raise ValueError("no updates to average")
+    ordered = sorted(updates, key=lambda u: u.client_id)
+    total = float(sum(u.num_examples for u in ordered))
+    if total <= 0:
+        raise ValueError("updates carry no examples")
+    out: Tensors = {}
+    for name in ordered[0].delta:
+        acc = np.zeros(ordered[0].delta[name].shape, dtype=np.float64)
+        for u in ordered:
+            acc += (u.num_examples / total) * u.delta[name].astype(np.float64)
+        out[name] = acc.astype(np.float32)
+    return out
+
+
+def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
+    """Example-weighted mean of every metric the clients reported."""
+    total = float(sum(u.num_examples for u in updates)) or 1.0
+    keys = sorted({k for u in updates for k in u.metrics})
+    return {
+        k: sum(u.num_examples * float(u.metrics[k]) for u in updates if k in u.metrics) / total
+        for k in keys
+    }
+
+
+class Strategy(abc.ABC):
+    """Hooks the round engine calls. Subclasses override hooks, never the loop."""
+
+    name: str = "strategy"
+
+    def configure_train(self, round_num: int, client_ids: Sequence[int]) -> dict[str, Any]:
+        """Per-round settings sent to every sampled client (empty: the job's defaults)."""
+        del round_num, client_ids
+        return {}
+
+    @abc.abstractmethod
+    def aggregate_train(
+        self, round_num: int, current: Tensors, updates: Sequence[ClientUpdate]
+    ) -> Tensors:
+        """Return the new global adapter from the current one and the round's updates."""
+
+    def configure_evaluate(self, round_num: int, every: int, last_round: int) -> bool:
+        """Whether to evaluate the global adapter after ``round_num``."""
+        return round_num % every == 0 or round_num == last_round
+
+    def aggregate_evaluate(self, round_num: int, metrics: Mapping[str, float]) -> dict[str, float]:
+        del round_num
+        return dict(metrics)
+
+    # Server-side state (optimizer moments) for checkpoints; stateless by default.
+    def state_dict(self) -> Tensors:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        del state

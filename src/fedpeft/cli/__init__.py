@@ -1,0 +1,1 @@
+"""Command-line interface: a typer app, one module per subcommand, thin over the library."""

@@ -1,0 +1,63 @@
+"""The ``fedpeft`` console script.
+
+Every fedpeft error becomes one line on stderr and exit code 2; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+import typer
+
+from fedpeft.errors import FedPeftError
+
+app = typer.Typer(
+    name="fedpeft",
+    help="Federated parameter-efficient fine-tuning of language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks and debug logs"),
+) -> None:
+    _DEBUG["on"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _register() -> None:
+    from fedpeft.cli import export, simulate, train
+
+    train.register(app)
+    export.register(app)
+    simulate.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Library deprecation chatter (transformers v6 renames) is not for our users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    _register()
+    try:
+        app(args=argv, standalone_mode=True)
+    except FedPeftError as exc:
+        if _DEBUG["on"]:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

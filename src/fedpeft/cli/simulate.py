@@ -1,0 +1,196 @@
+"""``fedpeft simulate``: a federated run over virtual clients, with a live progress display."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from fedpeft.cli.common import console, resolve_config
+from fedpeft.config import JobConfig
+from fedpeft.coordinator.engine import EngineHooks
+from fedpeft.coordinator.messages import TrainResult
+from fedpeft.errors import ConfigError
+from fedpeft.rundir import RunDir
+
+# Built-in defaults of the simulate command (a few minutes on 2 CPU cores).
+SIMULATE_DEFAULTS: dict[str, Any] = {
+    "output": "runs/simulate",
+    "data.max_eval_examples": 500,
+    "train.epochs": 1.0,
+    "train.lr": 2e-3,
+}
+
+
+def simulate(
+    config: Path | None = typer.Option(None, "--config", help="TOML experiment file"),
+    resume: Path | None = typer.Option(None, "--resume", help="continue this run folder"),
+    model: str | None = typer.Option(None, "--model"),
+    data: str | None = typer.Option(None, "--data", help="training data (default: built-in)"),
+    eval_data: str | None = typer.Option(None, "--eval-data"),
+    output: str | None = typer.Option(None, "--output", help="run folder"),
+    rounds: int | None = typer.Option(None, "--rounds"),
+    clients: int | None = typer.Option(None, "--clients"),
+    clients_per_round: int | None = typer.Option(None, "--clients-per-round"),
+    sampling: str | None = typer.Option(None, "--sampling", help="fixed or poisson"),
+    partition: str | None = typer.Option(None, "--partition", help="iid, dirichlet or shards"),
+    alpha: float | None = typer.Option(None, "--alpha", help="Dirichlet concentration"),
+    strategy: str | None = typer.Option(None, "--strategy", help="fedavg, fedadam, fedyogi"),
+    server_lr: float | None = typer.Option(None, "--server-lr"),
+    proximal_mu: float | None = typer.Option(None, "--proximal-mu", help="FedProx mu"),
+    epochs: float | None = typer.Option(None, "--local-epochs"),
+    local_steps: int | None = typer.Option(None, "--local-steps"),
+    lr: float | None = typer.Option(None, "--lr"),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    seed: int | None = typer.Option(None, "--seed"),
+    backend: str | None = typer.Option(None, "--backend", help="inprocess or ray"),
+    workers: int | None = typer.Option(None, "--workers"),
+    cpus_per_worker: float | None = typer.Option(None, "--cpus-per-worker"),
+    gpus_per_worker: float | None = typer.Option(None, "--gpus-per-worker"),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="join a Ray cluster"),
+    eval_every: int | None = typer.Option(None, "--eval-every"),
+    codec: str | None = typer.Option(None, "--codec", help="dense or compeft"),
+    density: float | None = typer.Option(None, "--density", help="compeft: fraction kept"),
+    dtype: str | None = typer.Option(None, "--dtype", help="dense: fp32, fp16, bf16"),
+    error_feedback: bool | None = typer.Option(None, "--error-feedback/--no-error-feedback"),
+    downlink: str | None = typer.Option(None, "--downlink", help="dense or compeft"),
+) -> None:
+    """Simulate federated LoRA fine-tuning over many virtual clients."""
+    overrides = {
+        "model.name": model,
+        "data.train": data,
+        "data.eval": eval_data,
+        "output": output,
+        "federation.rounds": rounds,
+        "federation.clients": clients,
+        "federation.clients_per_round": clients_per_round,
+        "federation.sampling": sampling,
+        "federation.partition": partition,
+        "federation.alpha": alpha,
+        "federation.strategy": strategy,
+        "federation.server_lr": server_lr,
+        "federation.proximal_mu": proximal_mu,
+        "train.epochs": epochs,
+        "train.max_steps": local_steps,
+        "train.lr": lr,
+        "train.batch_size": batch_size,
+        "train.seed": seed,
+        "federation.backend": backend,
+        "federation.workers": workers,
+        "federation.cpus_per_worker": cpus_per_worker,
+        "federation.gpus_per_worker": gpus_per_worker,
+        "federation.ray_address": ray_address,
+        "federation.eval_every": eval_every,
+        "codec.name": codec,
+        "codec.density": density,
+        "codec.dtype": dtype,
+        "codec.error_feedback": error_feedback,
+        "codec.downlink": downlink,
+    }
+    if resume is not None:
+        if config is not None or output is not None:
+            raise ConfigError("--resume", "takes its config and output from the run folder")
+        cfg = RunDir(resume).config().replace({**overrides, "output": str(resume)})
+    elif config is not None:
+        cfg = resolve_config(config, overrides)
+    else:
+        cfg = JobConfig().replace({**SIMULATE_DEFAULTS}).replace(overrides)
+
+    from fedpeft.simulation import run_simulation
+
+    display = _Display(cfg)
+    with Live(display.render(), console=console, refresh_per_second=4) as live:
+        display.live = live
+        summary = run_simulation(cfg, resume=resume is not None, hooks=display.hooks())
+    _print_summary(summary, cfg)
+
+
+class _Display:
+    """Round, clients done, last loss and accuracy — redrawn as results arrive."""
+
+    def __init__(self, cfg: JobConfig) -> None:
+        self.cfg = cfg
+        self.live: Live | None = None
+        self.round = 0
+        self.cohort = 0
+        self.done = 0
+        self.last: dict[str, Any] = {}
+
+    def hooks(self) -> EngineHooks:
+        return EngineHooks(self.on_round_start, self.on_client_done, self.on_round_end)
+
+    def on_round_start(self, round_num: int, cohort: int) -> None:
+        self.round, self.cohort, self.done = round_num, cohort, 0
+        self.refresh()
+
+    def on_client_done(self, result: TrainResult) -> None:
+        self.done += 1
+        self.refresh()
+
+    def on_round_end(self, record: dict[str, Any]) -> None:
+        self.last = record
+        self.refresh()
+        console.print(_round_line(record))
+
+    def refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(self.render())
+
+    def render(self) -> Table:
+        fed = self.cfg.federation
+        table = Table(
+            title=f"fedpeft simulate — {fed.backend}, {fed.clients} clients", show_header=True
+        )
+        for col in ("round", "clients done", "train loss", "eval accuracy", "bytes up"):
+            table.add_column(col)
+        table.add_row(
+            f"{self.round}/{fed.rounds}",
+            f"{self.done}/{self.cohort}",
+            _fmt(self.last.get("train_loss")),
+            _fmt(self.last.get("eval_accuracy")),
+            str(self.last.get("bytes_up_total", 0)),
+        )
+        return table
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _round_line(record: dict[str, Any]) -> str:
+    parts = [
+        f"round {record['round']}",
+        f"clients {record['clients_ok']}/{record['clients_sampled']}",
+    ]
+    for key in ("train_loss", "eval_loss", "eval_accuracy", "eval_perplexity"):
+        if key in record:
+            parts.append(f"{key} {record[key]:.4f}")
+    parts.append(f"up {record['bytes_up']} B, down {record['bytes_down']} B")
+    return " | ".join(parts)
+
+
+def _print_summary(summary: dict[str, Any], cfg: JobConfig) -> None:
+    console.print("[bold]summary[/bold]")
+    for key in (
+        "initial_eval_accuracy",
+        "final_eval_accuracy",
+        "initial_eval_perplexity",
+        "final_eval_perplexity",
+        "rounds",
+        "bytes_up",
+        "bytes_down",
+        "wall_seconds",
+    ):
+        if key in summary:
+            value = summary[key]
+            console.print(
+                f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}"
+            )
+    console.print(f"  run folder: {cfg.output}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate")(simulate)

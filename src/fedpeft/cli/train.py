@@ -1,0 +1,87 @@
+"""``fedpeft train``: centralized LoRA fine-tuning with a progress bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from fedpeft.cli.common import console, resolve_config
+
+
+def train(
+    config: Path | None = typer.Option(None, "--config", help="TOML job file"),
+    model: str | None = typer.Option(
+        None, "--model", help="minilm, smollm2-135m, a folder or hub id"
+    ),
+    data: str | None = typer.Option(None, "--data", help="training data file or built-in name"),
+    eval_data: str | None = typer.Option(None, "--eval-data", help="held-out data file"),
+    output: str | None = typer.Option(None, "--output", help="run folder"),
+    epochs: float | None = typer.Option(None, "--epochs"),
+    max_steps: int | None = typer.Option(None, "--max-steps"),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    lr: float | None = typer.Option(None, "--lr"),
+    max_length: int | None = typer.Option(None, "--max-length", help="tokens per example"),
+    rank: int | None = typer.Option(None, "--rank", help="LoRA rank"),
+    lora_alpha: int | None = typer.Option(None, "--lora-alpha"),
+    max_train_examples: int | None = typer.Option(None, "--max-train-examples"),
+    max_eval_examples: int | None = typer.Option(None, "--max-eval-examples"),
+    seed: int | None = typer.Option(None, "--seed"),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda or auto"),
+) -> None:
+    """Fine-tune a LoRA adapter centrally; print eval metrics; write the run folder."""
+    cfg = resolve_config(
+        config,
+        {
+            "model.name": model,
+            "data.train": data,
+            "data.eval": eval_data,
+            "output": output,
+            "train.epochs": epochs,
+            "train.max_steps": max_steps,
+            "train.batch_size": batch_size,
+            "train.lr": lr,
+            "data.max_length": max_length,
+            "lora.r": rank,
+            "lora.alpha": lora_alpha,
+            "data.max_train_examples": max_train_examples,
+            "data.max_eval_examples": max_eval_examples,
+            "train.seed": seed,
+            "model.device": device,
+        },
+    )
+    from fedpeft.training.central import run_central
+
+    progress = Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    bar = progress.add_task("train", total=None, loss=float("nan"))
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if step == 1:
+            progress.start()  # only once training runs: set-up errors stay one clean line
+        progress.update(bar, completed=step, total=total, loss=loss)
+
+    try:
+        record = run_central(cfg, on_step=on_step)
+    finally:
+        progress.stop()
+    shown = {
+        k: round(v, 4)
+        for k, v in record.items()
+        if k.startswith(("eval_", "initial_eval_", "train_loss"))
+    }
+    for key, value in shown.items():
+        console.print(f"{key}: {value}")
+    console.print(f"run folder: {cfg.output}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

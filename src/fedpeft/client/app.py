@@ -1,0 +1,160 @@
+"""Client applications: what a (virtual) client does with a task.
+
+:class:`LoraClientApp` is the real one: it loads the frozen backbone **once** and then
+serves any number of virtual clients by swapping only the adapter weights, the data
+shard and the per-client state (DESIGN §7). The same object runs in the in-process
+backend, inside each Ray worker, and (later) behind the gRPC client daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from fedpeft.adapters import load_trainable_state, trainable_state
+from fedpeft.client.mods import ModContext, UpdateMod, apply_mods, encode_update, reject_nonfinite
+from fedpeft.compression import Codec, make_codec
+from fedpeft.config import CodecSettings, JobConfig
+from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
+from fedpeft.training.encode import EncodedData, encode
+from fedpeft.training.loop import evaluate, train_local
+from fedpeft.training.setup import build_adapted_model, load_job_data, set_threads
+
+log = logging.getLogger(__name__)
+
+
+class ClientApp(Protocol):
+    """What a backend needs from a client implementation."""
+
+    def initial_state(self) -> Tensors: ...
+
+    def train(self, task: TrainTask) -> TrainResult: ...
+
+    def evaluate(self, params: Tensors) -> dict[str, float]: ...
+
+
+def uplink_codec(settings: CodecSettings) -> Codec:
+    if settings.name == "compeft":
+        return make_codec(
+            "compeft",
+            density=settings.density,
+            scope=settings.scope,
+            scale=settings.scale,
+            alpha=settings.alpha,
+        )
+    return make_codec("dense", dtype=settings.dtype)
+
+
+def downlink_codec(settings: CodecSettings) -> Codec:
+    """Deltas of the global adapter; full weights on first contact are always dense fp32."""
+    if settings.downlink == "compeft":
+        return make_codec("compeft", density=settings.density)
+    return make_codec("dense", dtype="fp32")
+
+
+FULL_CODEC = make_codec("dense", dtype="fp32")
+
+
+def apply_downlink(codec: Codec, task: TrainTask) -> Tensors:
+    """The global adapter as this client now holds it (shared by client and engine)."""
+    if not task.downlink_is_delta:
+        return FULL_CODEC.decode(task.downlink)
+    if task.state.held is None:
+        raise ValueError("a delta downlink needs the adapter the client holds")
+    delta = codec.decode(task.downlink)
+    return {k: (task.state.held[k] + delta[k]).astype(np.float32) for k in task.state.held}
+
+
+def to_numpy(tensors: dict[str, torch.Tensor]) -> Tensors:
+    return {k: v.numpy() for k, v in tensors.items()}
+
+
+class LoraClientApp:
+    """A LoRA client: one backbone in memory, any number of virtual clients."""
+
+    def __init__(
+        self, cfg: JobConfig, *, mods: list[UpdateMod] | None = None, name: str = "worker"
+    ) -> None:
+        set_threads(cfg.train.threads)
+        self.cfg = cfg
+        self.name = name
+        data = load_job_data(cfg)
+        self.adapted = build_adapted_model(cfg, data.task, data.label_names)
+        self.model = self.adapted.model
+        self.initial = to_numpy(trainable_state(self.model))  # before any client trains
+        # Tokenise once per process; clients index into it.
+        self.train_data: EncodedData = encode(
+            self.adapted.tokenizer, data.train, cfg.data.max_length
+        )
+        self._eval_source = data.eval
+        self._eval_data: EncodedData | None = None
+        self.uplink = uplink_codec(cfg.codec)
+        self.downlink = downlink_codec(cfg.codec)
+        self.mods: list[UpdateMod] = [reject_nonfinite, *(mods or [])]
+
+    def initial_state(self) -> Tensors:
+        return {k: v.copy() for k, v in self.initial.items()}
+
+    def train(self, task: TrainTask) -> TrainResult:
+        start = time.perf_counter()
+        try:
+            held = apply_downlink(self.downlink, task)
+            load_trainable_state(self.model, held, source=task.client_id)
+            shard = (
+                self.train_data if task.indices is None else self.train_data.subset(task.indices)
+            )
+            if len(shard) == 0:
+                raise ValueError("empty data shard")
+            train_cfg = self.cfg.train
+            stats = train_local(
+                self.model,
+                shard,
+                train_cfg,
+                seed=task.seed,
+                proximal_mu=float(task.config.get("proximal_mu", 0.0)),
+            )
+            local = to_numpy(trainable_state(self.model))
+            delta = {k: (local[k] - held[k]).astype(np.float32) for k in held}
+            state = ClientState(version=task.version, held=held, residual=task.state.residual)
+            ctx = ModContext(task.client_id, task.round, len(shard), state)
+            delta = apply_mods(self.mods, delta, ctx)
+            payload = encode_update(
+                self.uplink, delta, ctx, error_feedback=self.cfg.codec.error_feedback
+            )
+        except Exception as exc:  # reported, never averaged: the engine drops this client
+            log.warning("client %s failed in round %s: %s", task.client_id, task.round, exc)
+            return TrainResult(
+                task.round, task.client_id, error=f"{type(exc).__name__}: {exc}", worker=self.name
+            )
+        elapsed = time.perf_counter() - start
+        metrics: dict[str, Any] = {
+            "train_loss": stats.loss,
+            "train_steps": stats.steps,
+            "train_seconds": stats.seconds,
+            "client_seconds": elapsed,
+            "overhead_seconds": elapsed - stats.seconds,
+            **ctx.info,
+        }
+        return TrainResult(
+            task.round,
+            task.client_id,
+            num_examples=len(shard),
+            payload=payload,
+            metrics=metrics,
+            state=state,
+            worker=self.name,
+        )
+
+    def evaluate(self, params: Tensors) -> dict[str, float]:
+        if self._eval_source is None:
+            return {}
+        if self._eval_data is None:
+            self._eval_data = encode(
+                self.adapted.tokenizer, self._eval_source, self.cfg.data.max_length
+            )
+        load_trainable_state(self.model, params)
+        return evaluate(self.model, self._eval_data, self.cfg.train.eval_batch_size)

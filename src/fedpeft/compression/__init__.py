@@ -1,0 +1,69 @@
+"""Update compression: the codec interface, ComPEFT, dense baselines, error feedback.
+
+Every codec turns a named set of float tensors into one self-describing,
+versioned, checksummed message and back::
+
+    from fedpeft.compression import make_codec
+
+    codec = make_codec("compeft", density=0.05)
+    data = codec.encode(update)          # bytes on the wire
+    decoded = codec.decode(data)         # == codec.reconstruct(update), bit for bit
+
+Codecs register themselves by name (``register_codec``), like PEFT tuners;
+``available_codecs()`` lists them. Decoding failures are always
+:class:`fedpeft.errors.CodecError`; a coordinator then calls
+:func:`check_compatible` to reject updates with wrong names, shapes or NaN/Inf.
+"""
+
+from fedpeft.compression.base import (
+    DEFAULT_MAX_ELEMENTS,
+    FORMAT_VERSION,
+    MAGIC,
+    Codec,
+    Frame,
+    Tensors,
+    available_codecs,
+    check_compatible,
+    codec_class,
+    decode_any,
+    make_codec,
+    read_frame,
+    register_codec,
+)
+from fedpeft.compression.compeft import (
+    CompeftCodec,
+    CompeftConfig,
+    ScaleRule,
+    Scope,
+    kept_count,
+    wire_breakdown,
+    wire_size_bits_floor,
+)
+from fedpeft.compression.dense import DenseCodec, DenseConfig
+from fedpeft.compression.feedback import ErrorFeedback
+
+__all__ = [
+    "DEFAULT_MAX_ELEMENTS",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "Codec",
+    "CompeftCodec",
+    "CompeftConfig",
+    "DenseCodec",
+    "DenseConfig",
+    "ErrorFeedback",
+    "Frame",
+    "ScaleRule",
+    "Scope",
+    "Tensors",
+    "available_codecs",
+    "check_compatible",
+    "codec_class",
+    "decode_any",
+    "kept_count",
+    "make_codec",
+    "read_frame",
+    "register_codec",
+    "wire_breakdown",
+    "wire_size_bits_floor",
+]

@@ -1,0 +1,401 @@
+"""Validated dataclass configs, loaded from TOML and CLI flags.
+
+Each section is a dataclass whose ``__post_init__`` validates its own fields and
+raises :class:`~fedpeft.errors.ConfigError` naming the field (``section.field``).
+``metadata={"help": ...}`` documents every field; the CLI reuses it.
+
+A TOML file mirrors the sections::
+
+    [model]
+    name = "minilm"
+    [lora]
+    r = 8
+    [data]
+    train = "reuters-r8"
+    [train]
+    lr = 1e-3
+    [federation]
+    clients = 100
+    [codec]
+    name = "compeft"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fedpeft.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+def _positive(section: str, name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{section}.{name}", f"must be > 0, got {value!r}")
+
+
+def _non_negative(section: str, name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{section}.{name}", f"must be >= 0, got {value!r}")
+
+
+def _one_of(section: str, name: str, value: str, allowed: typing.Iterable[str]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{section}.{name}", f"must be one of {allowed}, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """Which backbone to load and how."""
+
+    name: str = field(
+        default="minilm",
+        metadata=_help("registry name (minilm, smollm2-135m), a local HF folder or a hub id"),
+    )
+    cache_dir: str | None = field(
+        default=None, metadata=_help("where converted weights are cached ($FEDPEFT_CACHE)")
+    )
+    device: str = field(default="auto", metadata=_help("cpu, cuda, cuda:N or auto"))
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("model.name", "must not be empty")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(
+                "model.device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}"
+            )
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters, passed to ``peft.LoraConfig``."""
+
+    r: int = field(default=8, metadata=_help("LoRA rank"))
+    alpha: int = field(default=16, metadata=_help("LoRA alpha (scaling = alpha / r)"))
+    dropout: float = field(default=0.0, metadata=_help("dropout on the LoRA path"))
+    target_modules: list[str] | None = field(
+        default=None, metadata=_help("module names to adapt; default from the architecture table")
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.r, int) or self.r <= 0:
+            raise ConfigError("lora.r", f"must be a positive integer, got {self.r!r}")
+        _positive("lora", "alpha", self.alpha)
+        if not (0.0 <= self.dropout < 1.0):
+            raise ConfigError("lora.dropout", f"must be in [0, 1), got {self.dropout!r}")
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from."""
+
+    train: str = field(
+        default="reuters-r8", metadata=_help("training data: built-in name or local file")
+    )
+    eval: str | None = field(
+        default=None, metadata=_help("held-out data; default: the built-in test split")
+    )
+    text_column: str = field(default="text", metadata=_help("text column for jsonl/csv/tsv"))
+    label_column: str = field(default="label", metadata=_help("label column for jsonl/csv/tsv"))
+    max_length: int = field(default=64, metadata=_help("tokens per example (truncation)"))
+    max_train_examples: int | None = field(default=None, metadata=_help("cap on training examples"))
+    max_eval_examples: int | None = field(
+        default=None, metadata=_help("cap on held-out examples (evaluation cost)")
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_length, int) or self.max_length <= 0:
+            raise ConfigError(
+                "data.max_length", f"must be a positive integer, got {self.max_length!r}"
+            )
+        for name in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ConfigError(f"data.{name}", f"must be a positive integer, got {value!r}")
+
+
+@dataclass
+class TrainConfig:
+    """The local training loop (the same loop runs centrally and on every client)."""
+
+    epochs: float = field(default=1.0, metadata=_help("passes over the local data"))
+    max_steps: int | None = field(default=None, metadata=_help("stop after this many steps"))
+    batch_size: int = field(default=16, metadata=_help("examples per optimizer micro-batch"))
+    grad_accum: int = field(default=1, metadata=_help("micro-batches per optimizer step"))
+    lr: float = field(default=1e-3, metadata=_help("AdamW peak learning rate"))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
+    warmup_ratio: float = field(default=0.06, metadata=_help("fraction of steps of linear warm-up"))
+    schedule: str = field(
+        default="linear", metadata=_help("decay after warm-up: linear or constant")
+    )
+    max_grad_norm: float | None = field(default=1.0, metadata=_help("gradient clipping (L2)"))
+    eval_batch_size: int = field(default=64, metadata=_help("examples per evaluation batch"))
+    seed: int = field(default=0, metadata=_help("seed for data order, dropout and init"))
+    threads: int | None = field(default=None, metadata=_help("torch CPU threads (default: all)"))
+
+    def __post_init__(self) -> None:
+        _positive("train", "epochs", self.epochs)
+        if self.max_steps is not None and (
+            not isinstance(self.max_steps, int) or self.max_steps <= 0
+        ):
+            raise ConfigError(
+                "train.max_steps", f"must be a positive integer, got {self.max_steps!r}"
+            )
+        for name in ("batch_size", "grad_accum", "eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"train.{name}", f"must be a positive integer, got {value!r}")
+        _positive("train", "lr", self.lr)
+        _non_negative("train", "weight_decay", self.weight_decay)
+        if not (0.0 <= self.warmup_ratio < 1.0):
+            raise ConfigError("train.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio!r}")
+        _one_of("train", "schedule", self.schedule, ("linear", "constant"))
+        if self.max_grad_norm is not None:
+            _positive("train", "max_grad_norm", self.max_grad_norm)
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads <= 0):
+            raise ConfigError("train.threads", f"must be a positive integer, got {self.threads!r}")
+
+
+@dataclass
+class FederationConfig:
+    """Rounds, clients, sampling, strategy and the simulation backend."""
+
+    rounds: int = field(default=5, metadata=_help("federated rounds"))
+    clients: int = field(default=100, metadata=_help("registered (virtual) clients"))
+    clients_per_round: int = field(default=10, metadata=_help("clients sampled each round"))
+    sampling: str = field(
+        default="fixed", metadata=_help("fixed (exactly clients_per_round) or poisson (q = k/n)")
+    )
+    partition: str = field(default="dirichlet", metadata=_help("iid, dirichlet or shards"))
+    alpha: float = field(default=0.5, metadata=_help("Dirichlet concentration"))
+    shards_per_client: int = field(default=2, metadata=_help("shards per client (shards)"))
+    strategy: str = field(default="fedavg", metadata=_help("fedavg, fedadam or fedyogi"))
+    server_lr: float = field(default=1.0, metadata=_help("server learning rate"))
+    beta1: float = field(default=0.9, metadata=_help("FedAdam/FedYogi first moment"))
+    beta2: float = field(default=0.99, metadata=_help("FedAdam/FedYogi second moment"))
+    tau: float = field(default=1e-3, metadata=_help("FedAdam/FedYogi adaptivity"))
+    proximal_mu: float = field(default=0.0, metadata=_help("FedProx mu (0 = off)"))
+    min_fit_clients: int = field(
+        default=1, metadata=_help("fewest usable updates for a round to count")
+    )
+    eval_every: int = field(default=1, metadata=_help("evaluate the global adapter every N rounds"))
+    backend: str = field(default="inprocess", metadata=_help("inprocess or ray"))
+    workers: int = field(
+        default=2, metadata=_help("long-lived Ray workers (each loads the backbone)")
+    )
+    cpus_per_worker: float = field(default=1.0, metadata=_help("CPUs per Ray worker"))
+    gpus_per_worker: float = field(default=0.0, metadata=_help("GPUs per Ray worker"))
+    ray_address: str | None = field(default=None, metadata=_help("join this Ray cluster"))
+    worker_retries: int = field(
+        default=1, metadata=_help("retries of a client task whose worker died")
+    )
+
+    def __post_init__(self) -> None:
+        for name in (
+            "rounds",
+            "clients",
+            "clients_per_round",
+            "eval_every",
+            "workers",
+            "shards_per_client",
+            "min_fit_clients",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(
+                    f"federation.{name}", f"must be a positive integer, got {value!r}"
+                )
+        if self.clients_per_round > self.clients:
+            raise ConfigError(
+                "federation.clients_per_round",
+                f"{self.clients_per_round} clients per round but only {self.clients} clients",
+            )
+        _one_of("federation", "sampling", self.sampling, ("fixed", "poisson"))
+        _one_of("federation", "partition", self.partition, ("iid", "dirichlet", "shards"))
+        _positive("federation", "alpha", self.alpha)
+        _one_of("federation", "strategy", self.strategy, ("fedavg", "fedadam", "fedyogi"))
+        _positive("federation", "server_lr", self.server_lr)
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not (0.0 <= value < 1.0):
+                raise ConfigError(f"federation.{name}", f"must be in [0, 1), got {value!r}")
+        _positive("federation", "tau", self.tau)
+        _non_negative("federation", "proximal_mu", self.proximal_mu)
+        _one_of("federation", "backend", self.backend, ("inprocess", "ray"))
+        _positive("federation", "cpus_per_worker", self.cpus_per_worker)
+        _non_negative("federation", "gpus_per_worker", self.gpus_per_worker)
+        if not isinstance(self.worker_retries, int) or self.worker_retries < 0:
+            raise ConfigError("federation.worker_retries", "must be an integer >= 0")
+
+
+@dataclass
+class CodecSettings:
+    """How updates (up) and global-adapter deltas (down) are encoded on the wire."""
+
+    name: str = field(default="dense", metadata=_help("dense or compeft"))
+    dtype: str = field(default="fp32", metadata=_help("dense: fp32, fp16 or bf16"))
+    density: float = field(default=0.1, metadata=_help("compeft: fraction kept, in (0, 1]"))
+    scope: str = field(default="per_tensor", metadata=_help("compeft top-k: per_tensor or global"))
+    scale: str = field(default="mean_abs", metadata=_help("compeft scale: mean_abs or alpha_std"))
+    alpha: float = field(default=1.0, metadata=_help("compeft alpha for alpha_std"))
+    error_feedback: bool = field(default=False, metadata=_help("carry what compression dropped"))
+    downlink: str = field(
+        default="dense", metadata=_help("codec for the global adapter delta sent down")
+    )
+
+    def __post_init__(self) -> None:
+        _one_of("codec", "name", self.name, ("dense", "compeft"))
+        _one_of("codec", "downlink", self.downlink, ("dense", "compeft"))
+        _one_of("codec", "dtype", self.dtype, ("fp32", "fp16", "bf16"))
+        if not (isinstance(self.density, (int, float)) and 0.0 < self.density <= 1.0):
+            raise ConfigError(
+                "codec.density", f"must be in (0, 1] (a fraction), got {self.density!r}"
+            )
+        _one_of("codec", "scope", self.scope, ("per_tensor", "global"))
+        _one_of("codec", "scale", self.scale, ("mean_abs", "alpha_std"))
+        _positive("codec", "alpha", self.alpha)
+
+
+@dataclass
+class JobConfig:
+    """A whole job: central training (``fedpeft train``) or a simulation."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    codec: CodecSettings = field(default_factory=CodecSettings)
+    output: str = field(default="runs/default", metadata=_help("run folder"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _drop_none(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobConfig:
+        return _build(cls, data, "")
+
+    def replace(self, overrides: dict[str, Any]) -> JobConfig:
+        """A copy with dotted overrides (``{"federation.rounds": 3}``); None values are ignored."""
+        data = dataclasses.asdict(self)
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            parts = dotted.split(".")
+            node = data
+            for part in parts[:-1]:
+                node = node[part]
+            node[parts[-1]] = value
+        return JobConfig.from_dict(data)
+
+
+def _drop_none(value: Any) -> Any:
+    """TOML has no null: drop None entries so a saved config reloads."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _build(cls: type[T], data: Any, prefix: str) -> T:
+    """Build dataclass ``cls`` from a dict, checking unknown keys and types."""
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(where, f"must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}", f"unknown field; known: {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(typing.cast(type, hint), value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(hint, value, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, name)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(name, f"must be a list, got {value!r}")
+        return [_coerce(args[0], v, name) for v in value]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(name, f"must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(name, f"must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(name, f"must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(name, f"must be a string, got {value!r}")
+        return value
+    return value
+
+
+def load_config(path: str | Path) -> JobConfig:
+    """Load a TOML job file. Errors name the file or the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--config", f"file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
+    return JobConfig.from_dict(data)
+
+
+def dump_toml(config: JobConfig) -> str:
+    """Serialise a config to TOML (sections of scalars and lists only)."""
+    lines: list[str] = []
+    top = config.to_dict()
+    for key, value in top.items():
+        if not isinstance(value, dict):
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key, value in top.items():
+        if isinstance(value, dict):
+            lines.append(f"\n[{key}]")
+            for k, v in value.items():
+                lines.append(f"{k} = {_toml_value(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} to TOML")

@@ -1,0 +1,297 @@
+"""The round engine: select → configure → train → collect → decode/validate → aggregate →
+checkpoint → evaluate. It knows nothing of transport: a backend (in-process, Ray, and
+later gRPC) runs the tasks and hands back results.
+
+Crash safety: each round's state (global adapter, server-optimizer moments, per-client
+state, counters) is checkpointed atomically *before* the round's metrics line is
+appended; a resumed run truncates metrics to the checkpoint and continues from the next
+round, sampling the same cohorts with the same seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedpeft.aggregation import ClientUpdate, Strategy, weighted_metrics
+from fedpeft.compression import Codec, check_compatible
+from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
+from fedpeft.coordinator.sampling import ClientSampler
+from fedpeft.errors import CodecError, FedPeftError, UpdateRejected
+from fedpeft.rundir import RunDir, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+class Backend(Protocol):
+    """Runs client tasks somewhere (this process, Ray workers, remote devices)."""
+
+    def initial_state(self) -> Tensors: ...
+
+    def run(
+        self, tasks: Sequence[TrainTask], on_result: Callable[[TrainResult], None] | None = None
+    ) -> list[TrainResult]: ...
+
+    def evaluate(self, params: Tensors) -> dict[str, float]: ...
+
+    def shutdown(self) -> None: ...
+
+
+@dataclass
+class EngineHooks:
+    """Progress callbacks (the CLI draws its display from these)."""
+
+    on_round_start: Callable[[int, int], None] | None = None  # (round, cohort size)
+    on_client_done: Callable[[TrainResult], None] | None = None
+    on_round_end: Callable[[dict[str, Any]], None] | None = None
+
+
+def client_seed(seed: int, round_num: int, client_id: int) -> int:
+    """A per-(round, client) seed, independent of which worker runs the task."""
+    return int(np.random.default_rng([seed, round_num, client_id]).integers(0, 2**31 - 1))
+
+
+@dataclass
+class EngineState:
+    round: int = 0
+    params: Tensors = field(default_factory=dict)
+    clients: dict[int, ClientState] = field(default_factory=dict)
+    bytes_up_total: int = 0
+    bytes_down_total: int = 0
+
+
+class RoundEngine:
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        strategy: Strategy,
+        sampler: ClientSampler,
+        shards: Sequence[np.ndarray],
+        uplink: Codec,
+        downlink: Codec,
+        run: RunDir,
+        rounds: int,
+        seed: int,
+        eval_every: int = 1,
+        min_fit_clients: int = 1,
+        client_config: dict[str, Any] | None = None,
+        hooks: EngineHooks | None = None,
+    ) -> None:
+        self.backend = backend
+        self.strategy = strategy
+        self.sampler = sampler
+        self.shards = list(shards)
+        self.uplink = uplink
+        self.downlink = downlink
+        self.run_dir = run
+        self.rounds = rounds
+        self.seed = seed
+        self.eval_every = eval_every
+        self.min_fit_clients = min_fit_clients
+        self.client_config = dict(client_config or {})
+        self.hooks = hooks or EngineHooks()
+        self.state = EngineState()
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    # ---- set-up and resume -------------------------------------------------------------
+    def start_fresh(self) -> dict[str, float]:
+        self.state = EngineState(params=self.backend.initial_state())
+        self.shapes = {k: v.shape for k, v in self.state.params.items()}
+        initial = self.backend.evaluate(self.state.params)
+        self.save_checkpoint()
+        return initial
+
+    def resume(self) -> None:
+        self.load_checkpoint()
+        kept = [m for m in self.run_dir.read_metrics() if m.get("round", 0) <= self.state.round]
+        self.run_dir.rewrite_metrics(kept)
+
+    # ---- one round ---------------------------------------------------------------------
+    def make_task(self, round_num: int, client_id: int) -> TrainTask:
+        state = self.state.clients.get(client_id, ClientState())
+        if state.held is None:  # first contact: full weights, dense fp32
+            from fedpeft.client.app import FULL_CODEC
+
+            downlink, is_delta = FULL_CODEC.encode(self.state.params), False
+        else:
+            delta = {k: self.state.params[k] - state.held[k] for k in self.state.params}
+            downlink, is_delta = self.downlink.encode(delta), True
+        return TrainTask(
+            round=round_num,
+            client_id=client_id,
+            seed=client_seed(self.seed, round_num, client_id),
+            downlink=downlink,
+            downlink_is_delta=is_delta,
+            version=round_num - 1,
+            state=state,
+            indices=self.shards[client_id],
+            config={**self.client_config, **self.strategy.configure_train(round_num, [client_id])},
+        )
+
+    def decode(self, result: TrainResult) -> ClientUpdate:
+        """Decode and validate one update; raises UpdateRejected naming the client."""
+        if result.error is not None:
+            raise UpdateRejected(result.client_id, result.error)
+        try:
+            delta = self.uplink.decode(result.payload)
+        except CodecError as exc:
+            raise UpdateRejected(result.client_id, str(exc)) from exc
+        check_compatible(delta, self.shapes, result.client_id)  # names, shapes, NaN/Inf
+        if result.num_examples <= 0:
+            raise UpdateRejected(result.client_id, "reports no training examples")
+        return ClientUpdate(
+            result.client_id,
+            result.num_examples,
+            delta,
+            {k: float(v) for k, v in result.metrics.items()},
+        )
+
+    def run_round(self, round_num: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        cohort = self.sampler.sample(round_num)
+        if self.hooks.on_round_start:
+            self.hooks.on_round_start(round_num, len(cohort))
+        tasks = [self.make_task(round_num, cid) for cid in cohort]
+        bytes_down = sum(len(t.downlink) for t in tasks)
+        results = self.backend.run(tasks, self.hooks.on_client_done)
+        bytes_up = sum(len(r.payload) for r in results)
+
+        updates: list[ClientUpdate] = []
+        rejected: dict[int, str] = {}
+        for result in sorted(results, key=lambda r: r.client_id):
+            try:
+                updates.append(self.decode(result))
+            except UpdateRejected as exc:
+                log.warning("round %d: %s", round_num, exc)
+                rejected[result.client_id] = exc.reason
+                continue
+            if result.state is not None:
+                self.state.clients[result.client_id] = result.state
+
+        record: dict[str, Any] = {
+            "round": round_num,
+            "clients_sampled": len(cohort),
+            "clients_ok": len(updates),
+            "clients_rejected": len(rejected),
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
+        }
+        if rejected:
+            record["rejected"] = {str(k): v for k, v in rejected.items()}
+        if len(updates) >= self.min_fit_clients:
+            self.state.params = self.strategy.aggregate_train(round_num, self.state.params, updates)
+            record.update(weighted_metrics(updates))
+        else:
+            record["round_failed"] = (
+                f"{len(updates)} usable updates < min_fit_clients={self.min_fit_clients}; "
+                "global adapter unchanged"
+            )
+            log.warning("round %d failed: %s", round_num, record["round_failed"])
+        self.state.round = round_num
+        self.state.bytes_up_total += bytes_up
+        self.state.bytes_down_total += bytes_down
+        if self.strategy.configure_evaluate(round_num, self.eval_every, self.rounds):
+            metrics = self.backend.evaluate(self.state.params)
+            record.update(self.strategy.aggregate_evaluate(round_num, metrics))
+        record["bytes_up_total"] = self.state.bytes_up_total
+        record["bytes_down_total"] = self.state.bytes_down_total
+        record["round_seconds"] = time.perf_counter() - start
+        self.save_checkpoint()  # before the metrics line: a crash never loses a logged round
+        self.run_dir.append_metrics(record)
+        if self.hooks.on_round_end:
+            self.hooks.on_round_end(record)
+        return record
+
+    def run(self) -> list[dict[str, Any]]:
+        records = []
+        for round_num in range(self.state.round + 1, self.rounds + 1):
+            records.append(self.run_round(round_num))
+        return records
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        from safetensors.numpy import save_file
+
+        final = self.run_dir.path / CHECKPOINT_DIR
+        tmp = self.run_dir.path / f".{CHECKPOINT_DIR}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_file(_contiguous(self.state.params), str(tmp / "global.safetensors"))
+        save_file(_contiguous(self.strategy.state_dict()), str(tmp / "strategy.safetensors"))
+        client_tensors: dict[str, np.ndarray] = {}
+        versions: dict[str, int] = {}
+        for cid, cs in self.state.clients.items():
+            versions[str(cid)] = cs.version
+            for kind, tensors in (("held", cs.held), ("residual", cs.residual)):
+                for name, value in (tensors or {}).items():
+                    client_tensors[f"{cid}/{kind}/{name}"] = value
+        save_file(_contiguous(client_tensors), str(tmp / "clients.safetensors"))
+        meta = {
+            "round": self.state.round,
+            "bytes_up_total": self.state.bytes_up_total,
+            "bytes_down_total": self.state.bytes_down_total,
+            "client_versions": versions,
+        }
+        atomic_write_bytes(tmp / "engine.json", json.dumps(meta).encode())
+        old = self.run_dir.path / f".{CHECKPOINT_DIR}.old"
+        if final.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            final.rename(old)
+        tmp.rename(final)
+        if old.exists():
+            shutil.rmtree(old)
+
+    def load_checkpoint(self) -> None:
+        from safetensors.numpy import load_file
+
+        folder = self.run_dir.path / CHECKPOINT_DIR
+        if not (folder / "engine.json").is_file():
+            old = self.run_dir.path / f".{CHECKPOINT_DIR}.old"  # crashed mid-swap
+            if (old / "engine.json").is_file():
+                folder = old
+            else:
+                raise FedPeftError(f"{self.run_dir.path} has no checkpoint to resume from")
+        meta = json.loads((folder / "engine.json").read_text())
+        params = dict(load_file(str(folder / "global.safetensors")))
+        self.strategy.load_state_dict(load_file(str(folder / "strategy.safetensors")))
+        clients: dict[int, ClientState] = {
+            int(cid): ClientState(version=v) for cid, v in meta["client_versions"].items()
+        }
+        for key, value in load_file(str(folder / "clients.safetensors")).items():
+            cid, kind, name = key.split("/", 2)
+            cs = clients[int(cid)]
+            if kind == "held":
+                cs.held = cs.held or {}
+                cs.held[name] = value
+            else:
+                cs.residual = cs.residual or {}
+                cs.residual[name] = value
+        self.state = EngineState(
+            round=int(meta["round"]),
+            params=params,
+            clients=clients,
+            bytes_up_total=int(meta["bytes_up_total"]),
+            bytes_down_total=int(meta["bytes_down_total"]),
+        )
+        self.shapes = {k: v.shape for k, v in params.items()}
+
+
+def _contiguous(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+
+
+def checkpoint_exists(path: str | Path) -> bool:
+    return (Path(path) / CHECKPOINT_DIR / "engine.json").is_file()

@@ -1,0 +1,60 @@
+"""Transport-free messages between the round engine and clients.
+
+These are the domain types; a gRPC transport converts them to and from protobuf at its
+edge (``fedpeft.protocol.serde``), the in-process and Ray backends pass them as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass
+class ClientState:
+    """What a client keeps between its rounds.
+
+    A real client keeps it on its device; in simulation the engine keeps it per
+    virtual client and ships it with each task, so any worker can serve any client.
+    """
+
+    version: int = -1  # round of the global adapter the client holds (-1: none yet)
+    held: Tensors | None = None  # the global adapter exactly as the client reconstructed it
+    residual: Tensors | None = None  # error feedback: what compression dropped so far
+
+
+@dataclass
+class TrainTask:
+    """One client's work for one round."""
+
+    round: int
+    client_id: int
+    seed: int
+    downlink: bytes  # encoded global adapter (full) or delta against ``state.version``
+    downlink_is_delta: bool
+    version: int  # the global version this task brings the client to
+    state: ClientState
+    indices: np.ndarray | None = None  # simulation: the virtual client's data shard
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """What comes back: an encoded update (or an error), and the client's new state."""
+
+    round: int
+    client_id: int
+    num_examples: int = 0
+    payload: bytes = b""
+    metrics: dict[str, float] = field(default_factory=dict)
+    state: ClientState | None = None
+    error: str | None = None
+    worker: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

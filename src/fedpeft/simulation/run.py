@@ -1,0 +1,205 @@
+"""``run_simulation``: a whole federated job on the in-process or Ray backend."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedpeft.aggregation import make_strategy
+from fedpeft.client.app import ClientApp, LoraClientApp, downlink_codec, uplink_codec
+from fedpeft.config import JobConfig
+from fedpeft.coordinator.engine import EngineHooks, RoundEngine, checkpoint_exists
+from fedpeft.coordinator.sampling import ClientSampler
+from fedpeft.data import ClassificationData, describe, partition
+from fedpeft.errors import ConfigError
+from fedpeft.models import resolve_model_path
+from fedpeft.rundir import RunDir, atomic_write_bytes
+from fedpeft.training.setup import load_job_data
+
+log = logging.getLogger(__name__)
+
+AppFactory = Callable[[str], ClientApp]
+
+
+def make_shards(cfg: JobConfig) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Split the training set over the virtual clients (seeded)."""
+    data = load_job_data(cfg)
+    fed = cfg.federation
+    if isinstance(data.train, ClassificationData):
+        labels = np.asarray(data.train.labels)
+    else:
+        if fed.partition != "iid":
+            raise ConfigError(
+                "federation.partition",
+                f"{fed.partition!r} needs labels; instruction data supports only 'iid'",
+            )
+        labels = np.zeros(len(data.train), dtype=np.int64)
+    shards = partition(
+        labels,
+        fed.clients,
+        fed.partition,
+        alpha=fed.alpha,
+        shards_per_client=fed.shards_per_client,
+        seed=cfg.train.seed,
+    )
+    meta = {
+        "task": data.task.value,
+        "label_names": data.label_names,
+        "model_path": resolve_model_path(cfg.model.name, cfg.model.cache_dir),
+        "partition": describe(shards, labels),
+    }
+    return shards, meta
+
+
+def lora_app_factory(cfg: JobConfig) -> AppFactory:
+    return functools.partial(_make_lora_app, cfg)
+
+
+def _make_lora_app(cfg: JobConfig, name: str) -> ClientApp:
+    return LoraClientApp(cfg, name=name)
+
+
+def make_backend(cfg: JobConfig, factory: AppFactory) -> Any:
+    fed = cfg.federation
+    if fed.backend == "ray":
+        from fedpeft.simulation.ray_backend import RayBackend
+
+        return RayBackend(
+            factory,
+            workers=fed.workers,
+            cpus_per_worker=fed.cpus_per_worker,
+            gpus_per_worker=fed.gpus_per_worker,
+            address=fed.ray_address,
+            retries=fed.worker_retries,
+        )
+    from fedpeft.simulation.inprocess import InProcessBackend
+
+    return InProcessBackend(factory)
+
+
+def run_simulation(
+    cfg: JobConfig,
+    *,
+    resume: bool = False,
+    hooks: EngineHooks | None = None,
+    app_factory: AppFactory | None = None,
+    export: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the job; writes the run folder and returns the summary."""
+    start = time.perf_counter()
+    run = RunDir(cfg.output)
+    shards, meta = make_shards(cfg)
+    if resume:
+        if not checkpoint_exists(run.path):
+            raise ConfigError("--resume", f"{run.path} has no checkpoint to resume from")
+        summary_prev = _read_json(run.path / "summary.json")
+        run.create(cfg, {**run.meta(), **{k: meta[k] for k in ("task", "label_names")}})
+    else:
+        summary_prev = {}
+        run.create(cfg, meta)
+        run.rewrite_metrics([])
+
+    backend = make_backend(cfg, app_factory or lora_app_factory(cfg))
+    try:
+        fed = cfg.federation
+        engine = RoundEngine(
+            backend=backend,
+            strategy=make_strategy(fed),
+            sampler=ClientSampler(fed.clients, fed.clients_per_round, fed.sampling, cfg.train.seed),
+            shards=shards,
+            uplink=uplink_codec(cfg.codec),
+            downlink=downlink_codec(cfg.codec),
+            run=run,
+            rounds=fed.rounds,
+            seed=cfg.train.seed,
+            eval_every=fed.eval_every,
+            min_fit_clients=fed.min_fit_clients,
+            client_config={"proximal_mu": fed.proximal_mu},
+            hooks=hooks,
+        )
+        if resume:
+            engine.resume()
+            initial = {k: v for k, v in summary_prev.items() if k.startswith("initial_")}
+        else:
+            initial = {f"initial_{k}": v for k, v in engine.start_fresh().items()}
+            # kept beside the checkpoint so a resumed run still reports round 0
+            atomic_write_bytes(run.path / "summary.json", json.dumps(initial).encode())
+        engine.run()
+        final_params = engine.state.params
+    finally:
+        backend.shutdown()
+
+    import torch
+
+    run.save_state({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in final_params.items()})
+    records = run.read_metrics()
+    plot_curves(records, run.path / "curves.png")
+    summary = summarize(records, initial, time.perf_counter() - start, summary_prev)
+    atomic_write_bytes(run.path / "summary.json", json.dumps(summary, indent=2).encode())
+    if export:
+        from fedpeft.export import export_adapter
+
+        export_adapter(run.path, run.path / "adapter")
+    return summary
+
+
+def summarize(
+    records: list[dict[str, Any]],
+    initial: dict[str, Any],
+    seconds: float,
+    previous: dict[str, Any],
+) -> dict[str, Any]:
+    evals = [r for r in records if "eval_accuracy" in r or "eval_loss" in r]
+    last_eval = evals[-1] if evals else {}
+    summary: dict[str, Any] = {
+        **initial,
+        "rounds": len(records),
+        "final_round": records[-1]["round"] if records else 0,
+        "bytes_up": sum(r["bytes_up"] for r in records),
+        "bytes_down": sum(r["bytes_down"] for r in records),
+        "wall_seconds": seconds + float(previous.get("wall_seconds", 0.0)),
+    }
+    summary.update({f"final_{k}": v for k, v in last_eval.items() if k.startswith("eval_")})
+    return summary
+
+
+def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy (or perplexity) and loss vs round, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    rounds = [r["round"] for r in records]
+    for key, ax in (("eval_accuracy", ax1), ("eval_perplexity", ax1)):
+        pts = [(r["round"], r[key]) for r in records if key in r]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=key)
+    ax1.set_xlabel("round")
+    ax1.set_title("held-out metric")
+    ax1.legend()
+    for key in ("train_loss", "eval_loss"):
+        pts = [(r["round"], r[key]) for r in records if key in r]
+        if pts:
+            ax2.plot(*zip(*pts, strict=True), marker="o", label=key)
+    ax2.set_xlabel("round")
+    ax2.set_title("loss")
+    ax2.legend()
+    if rounds:
+        ax1.set_xlim(0.5, max(rounds) + 0.5)
+        ax2.set_xlim(0.5, max(rounds) + 0.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text())) if path.is_file() else {}

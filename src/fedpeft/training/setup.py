@@ -1,0 +1,107 @@
+"""Turn a :class:`JobConfig` into data, a tokenizer and a LoRA-wrapped backbone.
+
+Shared by ``fedpeft train``, ``fedpeft export`` and every simulation worker, so that all
+of them agree on the task, the label set and the adapter's tensor names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedpeft.adapters import build_lora_model
+from fedpeft.config import JobConfig
+from fedpeft.data import ClassificationData, InstructionData, load_dataset
+from fedpeft.errors import ConfigError
+from fedpeft.models import Task, load_backbone, load_tokenizer, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+Dataset = ClassificationData | InstructionData
+
+
+@dataclass(frozen=True)
+class JobData:
+    train: Dataset
+    eval: Dataset | None
+    task: Task
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return list(self.train.label_names) if isinstance(self.train, ClassificationData) else None
+
+
+def default_eval_source(train: str) -> str | None:
+    """The built-in corpus evaluates on its own test split unless told otherwise."""
+    if train in ("reuters-r8", "reuters-r8:train"):
+        return "reuters-r8:test"
+    return None
+
+
+def load_job_data(cfg: JobConfig) -> JobData:
+    d = cfg.data
+    train = load_dataset(
+        d.train,
+        text_column=d.text_column,
+        label_column=d.label_column,
+        max_examples=d.max_train_examples,
+    )
+    task = Task.CLASSIFICATION if isinstance(train, ClassificationData) else Task.CAUSAL_LM
+    eval_source = d.eval or default_eval_source(d.train)
+    eval_data = None
+    if eval_source:
+        eval_data = load_dataset(
+            eval_source,
+            text_column=d.text_column,
+            label_column=d.label_column,
+            label_names=train.label_names if isinstance(train, ClassificationData) else None,
+            max_examples=d.max_eval_examples,
+        )
+        if type(eval_data) is not type(train):
+            raise ConfigError(
+                "data.eval", "held-out data is not the same kind of task as data.train"
+            )
+    return JobData(train, eval_data, task)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("model.device", f"`{name}` asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class AdaptedModel:
+    """A frozen backbone wrapped with a LoRA adapter, plus what it was built from."""
+
+    model: Any  # peft.PeftModel
+    tokenizer: Any
+    task: Task
+    model_path: str
+    label_names: list[str] | None
+
+
+def build_adapted_model(cfg: JobConfig, task: Task, label_names: list[str] | None) -> AdaptedModel:
+    """Load the backbone (once per process) and wrap it with the job's LoRA adapter."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "0")
+    path = resolve_model_path(cfg.model.name, cfg.model.cache_dir)
+    tokenizer = load_tokenizer(path)
+    # The classification head and lora_A are freshly initialised: seed both so every
+    # party (and a resumed run) starts from the same global adapter.
+    torch.manual_seed(cfg.train.seed)
+    base = load_backbone(path, task, label_names=label_names)
+    model = build_lora_model(base, cfg.lora, task)
+    model.to(resolve_device(cfg.model.device))
+    model.eval()
+    return AdaptedModel(model, tokenizer, task, path, label_names)
