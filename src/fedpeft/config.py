@@ -131,7 +131,9 @@ class TrainConfig:
     """The local training loop (the same loop runs centrally and on every client)."""
 
     epochs: float = field(default=1.0, metadata=_help("passes over the local data"))
-    max_steps: int | None = field(default=None, metadata=_help("stop after this many steps"))
+    max_steps: int | None = field(
+        default=None, metadata=_help("optimizer steps; overrides epochs when set")
+    )
     batch_size: int = field(default=16, metadata=_help("examples per optimizer micro-batch"))
     grad_accum: int = field(default=1, metadata=_help("micro-batches per optimizer step"))
     lr: float = field(default=1e-3, metadata=_help("AdamW peak learning rate"))

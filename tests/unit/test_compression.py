@@ -27,7 +27,7 @@ from fedpeft.compression import (
     wire_breakdown,
     wire_size_bits_floor,
 )
-from fedpeft.compression.base import _write_frame
+from fedpeft.compression.base import _write_frame, write_varint
 from fedpeft.compression.dense import bf16_round
 from fedpeft.compression.golomb import (
     decode_gaps,
@@ -60,6 +60,7 @@ def test_registry_lists_both_codecs() -> None:
     codec = make_codec("compeft", density=0.05, scope="global", scale="alpha_std", alpha=2.0)
     assert isinstance(codec, CompeftCodec)
     assert codec.config.scope is Scope.GLOBAL and codec.config.scale is ScaleRule.ALPHA_STD
+    assert CompeftConfig(scope="GLOBAL").scope is Scope.GLOBAL  # member names work too
 
 
 def test_unknown_codec_names_the_known_ones() -> None:
@@ -280,6 +281,33 @@ def test_forged_huge_shape_is_refused_before_allocating() -> None:
     np.testing.assert_array_equal(CompeftCodec().decode(small)["w"], np.zeros(10))
     with pytest.raises(CodecError, match="coordinates"):
         CompeftCodec().decode(small, max_elements=5)
+
+
+def _frame_with_table(encoding: int, table: bytes, body: bytes = b"") -> bytes:
+    length = bytearray()
+    write_varint(length, len(table))
+    total = 14 + 1 + len(length) + len(table) + len(body) + 4
+    head = struct.pack("<4sBBQ", b"FPC1", 1, CompeftCodec.wire_id, total)
+    head += bytes([encoding]) + bytes(length) + table + body
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+def test_forged_tables_are_refused() -> None:
+    many = bytearray()
+    write_varint(many, 1 << 20)
+    many += b"\x00\x00" * 8
+    bomb = zlib.compress(b"\x00" * (20 << 20), 9)
+    cases = [
+        (_frame_with_table(0, bytes(many)), "tensor count"),
+        (_frame_with_table(1, bomb), "inflates beyond"),
+        (_frame_with_table(1, b"not zlib"), "does not inflate"),
+        (_frame_with_table(7, b""), "table encoding"),
+        (_frame_with_table(0, b"\x02\x01a\x00\x01a\x00"), "appears twice"),
+        (_frame_with_table(0, b"\x01\x02\xff\xfe\x00"), "utf-8"),
+    ]
+    for data, message in cases:
+        with pytest.raises(CodecError, match=message):
+            CompeftCodec().decode(data)
 
 
 def test_dense_fp16_overflow_is_refused() -> None:

@@ -46,6 +46,8 @@ __all__ = [
     "DEFAULT_MAX_ELEMENTS",
     "FORMAT_VERSION",
     "MAGIC",
+    "MAX_TABLE_BYTES",
+    "MAX_TENSORS",
     "Codec",
     "Frame",
     "Tensors",
@@ -75,6 +77,11 @@ _CRC = struct.Struct("<I")
 _TABLE_RAW = 0
 _TABLE_ZLIB = 1
 _MAX_NDIM = 64
+#: Most tensors and most tensor-table bytes one message may declare. A LoRA of a
+#: 70B model has ~1,100 tensors; the caps only stop forged tables from making
+#: the decoder build millions of Python objects.
+MAX_TENSORS = 1 << 16
+MAX_TABLE_BYTES = 1 << 24
 # zlib cannot expand data by more than ~1032x; anything claiming more is forged.
 _ZLIB_MAX_RATIO = 1100
 
@@ -217,10 +224,12 @@ def _decode_table(
         inflater = zlib.decompressobj()
         try:
             raw: bytes | memoryview = inflater.decompress(
-                stored, _ZLIB_MAX_RATIO * len(stored) + 64
+                stored, min(_ZLIB_MAX_RATIO * len(stored) + 64, MAX_TABLE_BYTES + 1)
             )
         except zlib.error as exc:
             raise CodecError(f"tensor table does not inflate: {exc}") from exc
+        if len(raw) > MAX_TABLE_BYTES:
+            raise CodecError(f"tensor table inflates beyond {MAX_TABLE_BYTES} bytes")
         if not inflater.eof or inflater.unused_data or inflater.unconsumed_tail:
             raise CodecError("tensor table is not one complete zlib stream")
     elif encoding == _TABLE_RAW:
@@ -228,7 +237,7 @@ def _decode_table(
     else:
         raise CodecError(f"unknown tensor table encoding {encoding}")
     table = WireReader(raw, "tensor table")
-    count = table.varint("tensor count", table.remaining)
+    count = table.varint("tensor count", min(table.remaining, MAX_TENSORS))
     names: list[str] = []
     shapes: list[tuple[int, ...]] = []
     seen: set[str] = set()
@@ -389,6 +398,8 @@ class Codec(abc.ABC):
     def encode(self, tensors: Mapping[str, np.ndarray]) -> bytes:
         """Serialise ``tensors`` into one self-describing, checksummed message."""
         arrays = as_float32_tensors(tensors)
+        if len(arrays) > MAX_TENSORS:
+            raise CodecError(f"{len(arrays)} tensors; one message holds at most {MAX_TENSORS}")
         names = list(arrays)
         shapes = [tuple(a.shape) for a in arrays.values()]
         body = self._encode_body(list(arrays.values()))

@@ -107,6 +107,8 @@ def _coerce_enum(enum_cls: type[enum.Enum], value: Any, field_name: str) -> Any:
     try:
         return enum_cls(value)
     except ValueError:
+        if isinstance(value, str) and value.upper() in enum_cls.__members__:
+            return enum_cls[value.upper()]  # the member name, e.g. "GLOBAL"
         known = ", ".join(repr(m.value) for m in enum_cls)
         raise ConfigError(field_name, f"must be one of {known}, got {value!r}") from None
 

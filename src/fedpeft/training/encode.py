@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fedpeft.data import ClassificationData, InstructionData
@@ -35,7 +36,7 @@ class EncodedData:
     def is_causal(self) -> bool:
         return self.targets is not None
 
-    def subset(self, idx: Sequence[int]) -> EncodedData:
+    def subset(self, idx: Sequence[int] | np.ndarray) -> EncodedData:
         idx = [int(i) for i in idx]
         return EncodedData(
             [self.input_ids[i] for i in idx],

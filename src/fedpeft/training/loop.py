@@ -28,10 +28,12 @@ class TrainStats:
 
 
 def planned_steps(n_examples: int, cfg: TrainConfig) -> int:
-    """Optimizer steps for ``cfg.epochs`` over ``n_examples`` (capped by ``max_steps``)."""
+    """Optimizer steps: ``max_steps`` when set (it overrides epochs, as in HF's Trainer),
+    else ``cfg.epochs`` passes over ``n_examples``."""
+    if cfg.max_steps:
+        return cfg.max_steps
     micro_per_epoch = math.ceil(n_examples / cfg.batch_size)
-    steps = max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
-    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+    return max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
 
 
 def lr_lambda(total: int, cfg: TrainConfig) -> Callable[[int], float]:

@@ -1,0 +1,67 @@
+"""Config validation names the field; TOML round-trips; flags override files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedpeft.config import JobConfig, dump_toml, load_config
+from fedpeft.errors import ConfigError
+
+BAD = [
+    ({"lora.r": 0}, "lora.r"),
+    ({"lora.r": -3}, "lora.r"),
+    ({"data.max_length": 0}, "data.max_length"),
+    ({"train.lr": -1.0}, "train.lr"),
+    ({"train.batch_size": 0}, "train.batch_size"),
+    ({"train.schedule": "cosine"}, "train.schedule"),
+    ({"federation.clients": 10, "federation.clients_per_round": 20},
+     "federation.clients_per_round"),
+    ({"federation.strategy": "fedsgd"}, "federation.strategy"),
+    ({"federation.backend": "dask"}, "federation.backend"),
+    ({"codec.density": 0.0}, "codec.density"),
+    ({"codec.density": 10.0}, "codec.density"),
+    ({"codec.name": "zip"}, "codec.name"),
+    ({"model.device": "tpu"}, "model.device"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field"), BAD)
+def test_invalid_values_name_the_field(overrides: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        JobConfig().replace(overrides)
+    assert err.value.field == field
+    assert f"`{field}`" in str(err.value)
+
+
+def test_toml_round_trip(tmp_path: Path) -> None:
+    cfg = JobConfig().replace({"federation.rounds": 7, "lora.target_modules": ["query"],
+                               "codec.error_feedback": True, "output": "x"})
+    path = tmp_path / "job.toml"
+    path.write_text(dump_toml(cfg))
+    assert load_config(path) == cfg
+
+
+def test_unknown_field_and_wrong_type(tmp_path: Path) -> None:
+    path = tmp_path / "job.toml"
+    path.write_text("[federation]\nrouns = 3\n")
+    with pytest.raises(ConfigError, match=r"federation\.rouns"):
+        load_config(path)
+    path.write_text("[federation]\nrounds = 'three'\n")
+    with pytest.raises(ConfigError, match=r"federation\.rounds"):
+        load_config(path)
+    path.write_text("[federation\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_none_overrides_keep_file_values(tmp_path: Path) -> None:
+    path = tmp_path / "job.toml"
+    path.write_text("[federation]\nrounds = 9\n")
+    cfg = load_config(path).replace({"federation.rounds": None, "federation.clients": 20,
+                                     "federation.clients_per_round": 4})
+    assert cfg.federation.rounds == 9
+    assert cfg.federation.clients == 20

@@ -1,0 +1,75 @@
+"""Client sampling (fixed / Poisson) and the client-side update chain."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedpeft.client.mods import (
+    ModContext,
+    apply_mods,
+    clip_l2,
+    encode_update,
+    global_l2_norm,
+    reject_nonfinite,
+)
+from fedpeft.compression import make_codec
+from fedpeft.coordinator.messages import ClientState
+from fedpeft.coordinator.sampling import ClientSampler
+from fedpeft.errors import ConfigError, UpdateRejected
+
+
+def test_fixed_sampling_is_deterministic_and_exact() -> None:
+    s = ClientSampler(100, 10, "fixed", seed=3)
+    a, b = s.sample(4), s.sample(4)
+    assert a == b and len(a) == 10 and len(set(a)) == 10
+    assert s.sample(5) != a
+    assert all(0 <= c < 100 for c in a)
+
+
+def test_poisson_sampling_rate() -> None:
+    s = ClientSampler(1000, 100, "poisson", seed=0)
+    sizes = [len(s.sample(r)) for r in range(1, 41)]
+    assert s.rate == 0.1
+    assert 90 < np.mean(sizes) < 110
+    assert len(set(sizes)) > 1  # the cohort size varies
+
+
+def test_sampler_rejects_more_per_round_than_clients() -> None:
+    with pytest.raises(ConfigError, match=r"federation\.clients_per_round"):
+        ClientSampler(5, 6, "fixed", 0)
+
+
+def _ctx() -> ModContext:
+    return ModContext(client_id=7, round=1, num_examples=10, state=ClientState())
+
+
+def test_clip_scales_to_norm() -> None:
+    delta = {"a": np.full(4, 3.0, np.float32), "b": np.full(9, 4.0, np.float32)}
+    ctx = _ctx()
+    out = apply_mods([clip_l2(1.0)], delta, ctx)
+    assert global_l2_norm(out) == pytest.approx(1.0, rel=1e-5)
+    assert ctx.info["clip_factor"] < 1
+    small = {"a": np.full(1, 0.1, np.float32)}
+    assert apply_mods([clip_l2(1.0)], small, _ctx())["a"][0] == np.float32(0.1)
+
+
+def test_nonfinite_update_is_refused_with_client_id() -> None:
+    with pytest.raises(UpdateRejected, match="client 7"):
+        reject_nonfinite({"a": np.array([1.0, np.nan], np.float32)}, _ctx())
+
+
+def test_error_feedback_carries_dropped_mass() -> None:
+    codec = make_codec("compeft", density=0.25)
+    rng = np.random.default_rng(0)
+    delta = {"w": rng.normal(size=64).astype(np.float32)}
+    ctx = _ctx()
+    encode_update(codec, delta, ctx, error_feedback=True)
+    residual = ctx.state.residual
+    assert residual is not None
+    recon = codec.reconstruct(delta)
+    np.testing.assert_allclose(residual["w"], delta["w"] - recon["w"], atol=1e-6)
+    # next round: residual is added before encoding
+    payload = encode_update(codec, delta, ctx, error_feedback=True)
+    corrected = {"w": delta["w"] + residual["w"]}
+    assert np.array_equal(codec.decode(payload)["w"], codec.reconstruct(corrected)["w"])

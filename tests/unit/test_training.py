@@ -1,0 +1,72 @@
+"""The local loop's pieces: step planning, schedule, encoding, metrics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedpeft.config import TrainConfig
+from fedpeft.data import ClassificationData, InstructionData
+from fedpeft.training.encode import IGNORE_INDEX, encode
+from fedpeft.training.loop import lr_lambda, macro_f1, planned_steps
+
+
+class _Tok:
+    """A whitespace tokenizer with the HF call signature (enough for encode())."""
+
+    name_or_path = "toy"
+    pad_token_id = 0
+    eos_token = "</s>"
+
+    def __call__(self, texts, truncation=False, max_length=None, add_special_tokens=True):
+        ids = []
+        for t in texts:
+            seq = [len(w) + 1 for w in t.split()]
+            if add_special_tokens:
+                seq = [99, *seq]
+            if truncation and max_length:
+                seq = seq[:max_length]
+            ids.append(seq)
+        return {"input_ids": ids}
+
+
+def test_planned_steps() -> None:
+    assert planned_steps(100, TrainConfig(batch_size=16, epochs=1.0)) == 7
+    assert planned_steps(100, TrainConfig(batch_size=16, epochs=2.0, grad_accum=2)) == 7
+    assert planned_steps(100, TrainConfig(batch_size=16, max_steps=3)) == 3
+    assert planned_steps(10, TrainConfig(batch_size=16, max_steps=50)) == 50
+
+
+def test_warmup_then_linear_decay() -> None:
+    f = lr_lambda(100, TrainConfig(warmup_ratio=0.1))
+    assert f(0) < f(5) < f(9) <= 1.0
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5)
+    assert f(100) == 0.0
+    const = lr_lambda(100, TrainConfig(warmup_ratio=0.0, schedule="constant"))
+    assert const(0) == const(99) == 1.0
+
+
+def test_classification_encoding_pads_dynamically() -> None:
+    data = ClassificationData(["a bb", "ccc dd e f"], [0, 1], ["n", "p"])
+    enc = encode(_Tok(), data, max_length=4)
+    batch = enc.batch([0, 1])
+    assert batch["input_ids"].shape == (2, 4)
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [0, 1]
+    assert encode(_Tok(), data, max_length=4) is enc  # cached
+
+
+def test_causal_encoding_masks_the_prompt() -> None:
+    data = InstructionData(["say hi"], ["hello there"])
+    enc = encode(_Tok(), data, max_length=32)
+    batch = enc.batch([0])
+    labels = batch["labels"][0].tolist()
+    assert labels[:3] == [IGNORE_INDEX] * 3  # BOS + 2 prompt tokens never scored
+    assert labels[3:] == batch["input_ids"][0].tolist()[3:]
+
+
+def test_macro_f1() -> None:
+    gold = torch.tensor([0, 0, 1, 1])
+    assert macro_f1(gold, gold) == 1.0
+    assert macro_f1(torch.tensor([0, 0, 0, 0]), gold) == pytest.approx((2 / 3 + 0) / 2)
