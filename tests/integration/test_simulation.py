@@ -88,3 +88,21 @@ def test_bad_updates_are_rejected_not_averaged(tmp_path: Path, tiny_text_file: P
     state = final_state(tmp_path / "run")
     assert all(np.all(np.isfinite(v)) for v in state.values())
     assert summary["rounds"] == 1
+
+
+def test_compressed_uplink_and_delta_downlink(tmp_path: Path, tiny_text_file: Path) -> None:
+    cfg = tiny_job(tiny_text_file, tmp_path / "run", **{
+        "federation.clients": 3, "federation.clients_per_round": 3, "federation.rounds": 2,
+        "codec.name": "compeft", "codec.density": 0.1, "codec.error_feedback": True,
+        "codec.downlink": "compeft"})
+    run_simulation(cfg, export=False)
+    r1, r2 = (json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    n_params = sum(v.size for v in final_state(tmp_path / "run").values())
+    assert r1["bytes_up"] < 3 * 4 * n_params / 40  # ≥ 40x smaller than fp32
+    assert r1["bytes_down"] > 3 * 4 * n_params  # first contact: full fp32 weights
+    assert r2["bytes_down"] < r1["bytes_down"] / 20  # then compressed deltas
+    # error-feedback residuals are kept per client and checkpointed
+    from safetensors.numpy import load_file as load
+
+    clients = load(str(tmp_path / "run" / "checkpoint" / "clients.safetensors"))
+    assert any("/residual/" in k for k in clients) and any("/held/" in k for k in clients)

@@ -119,7 +119,10 @@ class LoraClientApp:
             )
             local = to_numpy(trainable_state(self.model))
             delta = {k: (local[k] - held[k]).astype(np.float32) for k in held}
-            state = ClientState(version=task.version, held=held, residual=task.state.residual)
+            # A dense downlink always sends full weights, so the held copy is only kept
+            # (and shipped back in simulation) when deltas will be applied to it.
+            keep = held if self.downlink.name != "dense" else None
+            state = ClientState(version=task.version, held=keep, residual=task.state.residual)
             ctx = ModContext(task.client_id, task.round, len(shard), state)
             delta = apply_mods(self.mods, delta, ctx)
             payload = encode_update(

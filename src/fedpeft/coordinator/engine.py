@@ -103,6 +103,9 @@ class RoundEngine:
         self.hooks = hooks or EngineHooks()
         self.state = EngineState()
         self.shapes: dict[str, tuple[int, ...]] = {}
+        # Only a compressing downlink sends deltas; then the engine must know exactly what
+        # each client holds (its reconstruction), which costs one adapter per client.
+        self.delta_downlink = downlink.name != "dense"
 
     # ---- set-up and resume -------------------------------------------------------------
     def start_fresh(self) -> dict[str, float]:
@@ -120,7 +123,9 @@ class RoundEngine:
     # ---- one round ---------------------------------------------------------------------
     def make_task(self, round_num: int, client_id: int) -> TrainTask:
         state = self.state.clients.get(client_id, ClientState())
-        if state.held is None:  # first contact: full weights, dense fp32
+        if state.held is None or not self.delta_downlink:
+            # First contact, or a dense downlink (a dense delta is as large as the weights):
+            # full weights, dense fp32.
             from fedpeft.client.app import FULL_CODEC
 
             downlink, is_delta = FULL_CODEC.encode(self.state.params), False
