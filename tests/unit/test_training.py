@@ -70,3 +70,38 @@ def test_macro_f1() -> None:
     gold = torch.tensor([0, 0, 1, 1])
     assert macro_f1(gold, gold) == 1.0
     assert macro_f1(torch.tensor([0, 0, 0, 0]), gold) == pytest.approx((2 / 3 + 0) / 2)
+
+
+class _TinyClassifier(torch.nn.Module):
+    """Embedding-bag classifier with the HF output shape (``.loss``, ``.logits``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.EmbeddingBag(128, 4, mode="sum")
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        from types import SimpleNamespace
+
+        logits = self.head(self.emb(input_ids, per_sample_weights=attention_mask.float()))
+        loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SimpleNamespace(loss=loss, logits=logits)
+
+
+def _drift(mu: float) -> float:
+    from fedpeft.training.loop import train_local
+
+    data = ClassificationData([f"w{i} x{i % 3}" for i in range(32)], [i % 2 for i in range(32)],
+                              ["a", "b"])
+    enc = encode(_Tok(), data, max_length=8)
+    model = _TinyClassifier()
+    start = [p.detach().clone() for p in model.parameters()]
+    cfg = TrainConfig(max_steps=30, batch_size=8, lr=0.05, warmup_ratio=0.0, seed=1)
+    stats = train_local(model, enc, cfg, seed=1, proximal_mu=mu)
+    assert stats.steps == 30 and stats.examples == 240
+    return sum(float(((p - s) ** 2).sum()) for p, s in zip(model.parameters(), start, strict=True))
+
+
+def test_fedprox_term_keeps_weights_near_start() -> None:
+    assert _drift(mu=10.0) < 0.5 * _drift(mu=0.0)
