@@ -106,6 +106,7 @@ class RoundEngine:
         # Only a compressing downlink sends deltas; then the engine must know exactly what
         # each client holds (its reconstruction), which costs one adapter per client.
         self.delta_downlink = downlink.name != "dense"
+        self._full_cache: tuple[int, bytes] | None = None
 
     # ---- set-up and resume -------------------------------------------------------------
     def start_fresh(self) -> dict[str, float]:
@@ -125,10 +126,8 @@ class RoundEngine:
         state = self.state.clients.get(client_id, ClientState())
         if state.held is None or not self.delta_downlink:
             # First contact, or a dense downlink (a dense delta is as large as the weights):
-            # full weights, dense fp32.
-            from fedpeft.client.app import FULL_CODEC
-
-            downlink, is_delta = FULL_CODEC.encode(self.state.params), False
+            # full weights, dense fp32 — encoded once per round, the same bytes for all.
+            downlink, is_delta = self._full_weights(round_num), False
         else:
             delta = {k: self.state.params[k] - state.held[k] for k in self.state.params}
             downlink, is_delta = self.downlink.encode(delta), True
@@ -143,6 +142,13 @@ class RoundEngine:
             indices=self.shards[client_id],
             config={**self.client_config, **self.strategy.configure_train(round_num, [client_id])},
         )
+
+    def _full_weights(self, round_num: int) -> bytes:
+        if self._full_cache is None or self._full_cache[0] != round_num:
+            from fedpeft.client.app import FULL_CODEC
+
+            self._full_cache = (round_num, FULL_CODEC.encode(self.state.params))
+        return self._full_cache[1]
 
     def decode(self, result: TrainResult) -> ClientUpdate:
         """Decode and validate one update; raises UpdateRejected naming the client."""
