@@ -14,11 +14,13 @@ import importlib.util
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedpeft.client.app import ClientApp
 from fedpeft.coordinator.messages import Tensors, TrainResult, TrainTask
 from fedpeft.errors import OptionalDependencyMissing
+
+if TYPE_CHECKING:  # workers should not import torch unless their client app needs it
+    from fedpeft.client.app import ClientApp
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,8 @@ class RayBackend:
     ) -> None:
         ray = require_ray()
         self.ray = ray
-        if not ray.is_initialized():
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
             kwargs: dict[str, Any] = {
                 "include_dashboard": False,
                 "log_to_driver": False,
@@ -156,3 +159,5 @@ class RayBackend:
         for actor in self.actors:
             self.ray.kill(actor)
         self.actors = []
+        if self._owns_ray:  # we started it: stop its helper processes too
+            self.ray.shutdown()

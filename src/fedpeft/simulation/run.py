@@ -185,14 +185,15 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
             ax.plot(*zip(*pts, strict=True), marker="o", label=key)
     ax1.set_xlabel("round")
     ax1.set_title("held-out metric")
-    ax1.legend()
     for key in ("train_loss", "eval_loss"):
         pts = [(r["round"], r[key]) for r in records if key in r]
         if pts:
             ax2.plot(*zip(*pts, strict=True), marker="o", label=key)
     ax2.set_xlabel("round")
     ax2.set_title("loss")
-    ax2.legend()
+    for ax in (ax1, ax2):
+        if ax.lines:
+            ax.legend()
     if rounds:
         ax1.set_xlim(0.5, max(rounds) + 0.5)
         ax2.set_xlim(0.5, max(rounds) + 0.5)
