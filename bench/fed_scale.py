@@ -46,7 +46,6 @@ os.environ.setdefault("FEDPEFT_CACHE", "/tmp/fpcache")
 import argparse
 import functools
 import json
-import platform
 import shutil
 import statistics
 import subprocess
@@ -63,6 +62,9 @@ import psutil
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+from benchinfo import machine_info, source_version  # noqa: E402
+
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "fed_scale.json"
 GB = 1e9
 
@@ -367,38 +369,6 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
         "mean_train_ms_per_client": [round(1e3 * r["mean_train_seconds"], 1) for r in rounds],
         "round_seconds": [round(r["round_seconds"], 1) for r in rounds],
         "wall_seconds": round(result["wall_seconds"], 1),
-    }
-
-
-def source_version() -> dict[str, Any]:
-    """Which library code was measured (others edit src/ while benchmarks run)."""
-    import hashlib
-
-    def git(*cmd: str) -> str:
-        proc = subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=REPO)
-        return proc.stdout.strip()
-
-    files = (
-        "src/fedpeft/simulation/ray_backend.py",
-        "src/fedpeft/simulation/run.py",
-        "src/fedpeft/coordinator/engine.py",
-        "src/fedpeft/client/app.py",
-    )
-    return {
-        "git_head": git("rev-parse", "HEAD"),
-        "src_modified": git("status", "--porcelain", "--", "src").splitlines(),
-        "sha256_12": {f: hashlib.sha256((REPO / f).read_bytes()).hexdigest()[:12] for f in files},
-    }
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "psutil": psutil.__version__,
     }
 
 

@@ -48,7 +48,6 @@ import cProfile
 import functools
 import io
 import json
-import platform
 import pstats
 import shutil
 import statistics
@@ -65,6 +64,9 @@ import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+from benchinfo import machine_info, source_version  # noqa: E402
+
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "fed_vs_flower.json"
 FLOWER_SCRIPT = BENCH_DIR / "flower_app" / "simulate.py"
 DELTA = np.float32(1e-3)  # what every client adds; the same constant as flower_app/apps.py
@@ -382,39 +384,6 @@ def run_child(cmd: list[str], env: dict[str, str], timeout: float) -> dict[str, 
     result: dict[str, Any] = json.loads(lines[-1])
     result["process_wall_seconds"] = process_wall
     return result
-
-
-def source_version() -> dict[str, Any]:
-    """Which library code was measured (others edit src/ while benchmarks run)."""
-    import hashlib
-
-    def git(*cmd: str) -> str:
-        proc = subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=REPO)
-        return proc.stdout.strip()
-
-    files = (
-        "src/fedpeft/simulation/ray_backend.py",
-        "src/fedpeft/simulation/run.py",
-        "src/fedpeft/coordinator/engine.py",
-        "src/fedpeft/client/app.py",
-    )
-    return {
-        "git_head": git("rev-parse", "HEAD"),
-        "src_modified": git("status", "--porcelain", "--", "src").splitlines(),
-        "sha256_12": {f: hashlib.sha256((REPO / f).read_bytes()).hexdigest()[:12] for f in files},
-    }
-
-
-def machine_info() -> dict[str, Any]:
-    import psutil
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-    }
 
 
 def time_segments(run: dict[str, Any]) -> dict[str, float]:

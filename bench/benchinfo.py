@@ -1,0 +1,46 @@
+"""What every benchmark records beside its numbers: the machine and the code measured."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+MEASURED_FILES = (
+    "src/fedpeft/simulation/ray_backend.py",
+    "src/fedpeft/simulation/run.py",
+    "src/fedpeft/coordinator/engine.py",
+    "src/fedpeft/client/app.py",
+)
+
+
+def source_version(files: tuple[str, ...] = MEASURED_FILES) -> dict[str, Any]:
+    """Which library code was measured (others may edit src/ while benchmarks run)."""
+
+    def git(*cmd: str) -> str:
+        proc = subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=REPO)
+        return proc.stdout.strip()
+
+    return {
+        "git_head": git("rev-parse", "HEAD"),
+        "src_modified": git("status", "--porcelain", "--", "src").splitlines(),
+        "sha256_12": {f: hashlib.sha256((REPO / f).read_bytes()).hexdigest()[:12] for f in files},
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    import psutil
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "psutil": psutil.__version__,
+    }
