@@ -85,12 +85,12 @@ class SyntheticClientApp:
     """
 
     def __init__(self, name: str, *, floats: int, keep_state: bool = False) -> None:
-        from fedpeft.client.app import FULL_CODEC
+        from fedpeft.compression import FULL_WEIGHTS_CODEC
 
         self.name = name
         self.floats = floats
         self.keep_state = keep_state
-        self.codec = FULL_CODEC  # dense fp32, both directions (the product default)
+        self.codec = FULL_WEIGHTS_CODEC  # dense fp32, both directions (the product default)
 
     def initial_state(self) -> dict[str, np.ndarray]:
         return {"w": np.zeros(self.floats, dtype=np.float32)}

@@ -38,8 +38,8 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fedpeft.client.app import FULL_CODEC, LoraClientApp
-from fedpeft.compression import make_codec
+from fedpeft.client.app import LoraClientApp
+from fedpeft.compression import FULL_WEIGHTS_CODEC, make_codec
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.engine import client_seed
 from fedpeft.coordinator.messages import ClientState, TrainTask
@@ -81,7 +81,7 @@ def real_update(cfg: JobConfig, client: int) -> tuple[dict[str, np.ndarray], dic
         round=round_num,
         client_id=client,
         seed=client_seed(cfg.train.seed, round_num, client),
-        downlink=FULL_CODEC.encode(app.initial_state()),  # first contact: full, fp32
+        downlink=FULL_WEIGHTS_CODEC.encode(app.initial_state()),  # first contact: full, fp32
         downlink_is_delta=False,
         version=round_num - 1,
         state=ClientState(),

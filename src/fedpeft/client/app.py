@@ -17,7 +17,7 @@ import torch
 
 from fedpeft.adapters import load_trainable_state, trainable_state
 from fedpeft.client.mods import ModContext, UpdateMod, apply_mods, encode_update, reject_nonfinite
-from fedpeft.compression import Codec, make_codec
+from fedpeft.compression import FULL_WEIGHTS_CODEC, Codec, make_codec
 from fedpeft.config import CodecSettings, JobConfig
 from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
 from fedpeft.training.encode import EncodedData, encode
@@ -56,13 +56,10 @@ def downlink_codec(settings: CodecSettings) -> Codec:
     return make_codec("dense", dtype="fp32")
 
 
-FULL_CODEC = make_codec("dense", dtype="fp32")
-
-
 def apply_downlink(codec: Codec, task: TrainTask) -> Tensors:
     """The global adapter as this client now holds it (shared by client and engine)."""
     if not task.downlink_is_delta:
-        return FULL_CODEC.decode(task.downlink)
+        return FULL_WEIGHTS_CODEC.decode(task.downlink)
     if task.state.held is None:
         raise ValueError("a delta downlink needs the adapter the client holds")
     delta = codec.decode(task.downlink)

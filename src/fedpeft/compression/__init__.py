@@ -42,9 +42,14 @@ from fedpeft.compression.compeft import (
 from fedpeft.compression.dense import DenseCodec, DenseConfig
 from fedpeft.compression.feedback import ErrorFeedback
 
+#: Full adapter weights (first contact, dense downlink) always travel as dense fp32, so a
+#: client can rebuild them exactly whatever codec the job uses for updates.
+FULL_WEIGHTS_CODEC: Codec = make_codec("dense", dtype="fp32")
+
 __all__ = [
     "DEFAULT_MAX_ELEMENTS",
     "FORMAT_VERSION",
+    "FULL_WEIGHTS_CODEC",
     "MAGIC",
     "Codec",
     "CompeftCodec",

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedpeft.aggregation import ClientUpdate, Strategy, weighted_metrics
-from fedpeft.compression import Codec, check_compatible
+from fedpeft.compression import FULL_WEIGHTS_CODEC, Codec, check_compatible
 from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
 from fedpeft.coordinator.sampling import ClientSampler
 from fedpeft.errors import CodecError, FedPeftError, UpdateRejected
@@ -145,9 +145,7 @@ class RoundEngine:
 
     def _full_weights(self, round_num: int) -> bytes:
         if self._full_cache is None or self._full_cache[0] != round_num:
-            from fedpeft.client.app import FULL_CODEC
-
-            self._full_cache = (round_num, FULL_CODEC.encode(self.state.params))
+            self._full_cache = (round_num, FULL_WEIGHTS_CODEC.encode(self.state.params))
         return self._full_cache[1]
 
     def decode(self, result: TrainResult) -> ClientUpdate:
