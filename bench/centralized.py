@@ -105,7 +105,20 @@ ACCURACY_TASKS: dict[str, dict[str, Any]] = {
 
 
 # Findings written after the runs (what limits accuracy, when a target is missed).
-NOTES: dict[str, str] = {}
+NOTES: dict[str, str] = {
+    "sst2": "The package defaults (lr 1e-3, 1 epoch) reach 0.8486 on SST-2 dev, two "
+    "sentences short of the 0.85 target (740 of 872 right, 742 needed); lr 2e-3 with "
+    "everything else default reaches 0.857 and meets it. max_length 64 truncates 6 of "
+    "6,920 training sentences (0.09%) and no dev sentence, so a longer max_length was "
+    "not tried. Frozen mean-pooled all-MiniLM-L6-v2 embeddings + logistic regression "
+    "reach only ~0.81 here (vs ~0.91 on TREC): this 6-layer, 384-wide sentence-similarity "
+    "encoder carries less sentiment than question-type information, so SST-2 needs the "
+    "adapter to move further and sits close to the target at 1 epoch.",
+    "trec": "The package defaults meet the target with room (0.960 vs 0.92; frozen "
+    "embeddings + logistic regression: ~0.914). Macro-F1 (0.939) sits below accuracy: "
+    "label 2 (ABBR in TREC-6 order) has only 9 test and 86 training examples, so each "
+    "error on it costs macro-F1 about one point.",
+}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -618,7 +631,7 @@ def run_smollm(args: argparse.Namespace) -> dict[str, Any]:
             "train_loss_curve": [
                 {"step": r["step"], "train_loss": r["train_loss"]}
                 for r in curve
-                if "train_loss" in r
+                if "lr_steps" in r  # the per-step log lines, not the final record
             ],
             "finished": now(),
         }
@@ -663,6 +676,11 @@ def print_table(report: dict[str, Any]) -> None:
         print(
             f"  fedpeft/bare {st['ratio_fedpeft_over_bare']:.3f} (no clipping), "
             f"{st['ratio_fedpeft_over_bare_clip']:.3f} (clipping); goal <= {st['goal_ratio']}"
+        )
+        print(
+            f"  median paired ratio {st['median_paired_ratio']:.3f} (no clipping), "
+            f"{st['median_paired_ratio_clip']:.3f} (clipping); loop-only overhead "
+            f"{st['loop_overhead_fraction_of_bare_step']['collate_per_step']:.2%} of a step"
         )
     sm = report.get("smollm")
     if sm:

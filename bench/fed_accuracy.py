@@ -1,0 +1,401 @@
+"""Federated SST-2 accuracy: dense vs ComPEFT (with/without error feedback) vs centralized.
+
+Usage::
+
+    FEDPEFT_CACHE=/tmp/fpcache python bench/fed_accuracy.py                 # every run
+    FEDPEFT_CACHE=/tmp/fpcache python bench/fed_accuracy.py --runs dense,central --rounds 8
+    FEDPEFT_CACHE=/tmp/fpcache python bench/fed_accuracy.py --plot-only
+
+MiniLM + LoRA (package defaults: r 8, alpha 16, lr 1e-3, batch 16, max_length 64) on
+SST-2 train (6,920 sentences), evaluated on SST-2 dev (872). The federation: 100 clients,
+Dirichlet(0.5) label split, 10 clients per round (fixed-size sampling), one local epoch
+per round, FedAvg (server_lr 1), in-process backend, seed 0. Every federated run uses the
+same hyper-parameters; only the uplink codec changes:
+
+* ``dense``            dense fp32 updates
+* ``compeft-0.1``      ComPEFT k = 0.1, no error feedback
+* ``compeft-0.1-ef``   ComPEFT k = 0.1 with error feedback
+* ``compeft-0.05-ef``  ComPEFT k = 0.05 with error feedback
+* ``central``          centralized training on the same number of examples seen
+
+Examples seen by the federation are exact, not estimated: the cohorts are a pure function
+of (seed, round) (``ClientSampler``) and each sampled client makes one pass over its
+shard, so the total is the sum of the sampled shards' sizes over all rounds. The
+centralized baseline trains on the whole training set with ``train.max_steps =
+round(examples / batch_size)`` (``max_steps`` overrides epochs, and the linear schedule
+decays over those steps, as it would for a run of that length); its examples are drawn
+from all 6,920 sentences in shuffled order, not from a fixed subset, which is what
+``data.max_train_examples`` would give.
+
+Results are merged into ``bench/results/fed_accuracy.json`` (run by run, so subsets can
+run separately) and plotted to ``bench/results/fed_accuracy.png``: accuracy vs round
+(left) and accuracy vs cumulative bytes uploaded, log scale (right). ``--set key=value``
+changes a hyper-parameter of *every* run of the invocation; those runs are stored under
+``name[key=value]`` and never replace the baseline runs.
+
+Timing: torch defaults to one thread per core; on a small machine shared with other jobs
+two threads were ~7x slower than one here (spin-waiting OpenMP threads), so
+``--threads`` defaults to 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+try:
+    import fedpeft  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from fedpeft.config import JobConfig
+from fedpeft.coordinator.sampling import ClientSampler
+from fedpeft.simulation import run_simulation
+from fedpeft.simulation.run import make_shards
+from fedpeft.training.central import run_central
+
+BENCH = Path(__file__).resolve().parent
+DEFAULT_OUTPUT = BENCH / "results" / "fed_accuracy.json"
+DEFAULT_DATA = BENCH.parents[1] / "shared" / "data"  # ../shared/data from the project root
+
+# Only the uplink codec differs between federated runs.
+FEDERATED_RUNS: dict[str, dict[str, Any]] = {
+    "dense": {"codec.name": "dense", "codec.dtype": "fp32"},
+    "compeft-0.1": {"codec.name": "compeft", "codec.density": 0.1, "codec.error_feedback": False},
+    "compeft-0.1-ef": {
+        "codec.name": "compeft",
+        "codec.density": 0.1,
+        "codec.error_feedback": True,
+    },
+    "compeft-0.05-ef": {
+        "codec.name": "compeft",
+        "codec.density": 0.05,
+        "codec.error_feedback": True,
+    },
+}
+RUN_NAMES = (*FEDERATED_RUNS, "central")
+GOAL_DENSE_VS_CENTRAL = 0.02  # federated dense within 2 points of centralized
+GOAL_COMPEFT_VS_DENSE = 0.01  # ComPEFT k = 0.1 + EF within 1 point of dense
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def base_config(args: argparse.Namespace, output: Path) -> JobConfig:
+    return JobConfig().replace(
+        {
+            "model.name": "minilm",
+            "data.train": str(args.data_dir / "sst2" / "train.txt"),
+            "data.eval": str(args.data_dir / "sst2" / "dev.txt"),
+            "data.max_length": 64,
+            "train.epochs": 1.0,
+            "train.seed": args.seed,
+            "train.threads": args.threads,
+            "federation.clients": 100,
+            "federation.clients_per_round": 10,
+            "federation.rounds": args.rounds,
+            "federation.partition": "dirichlet",
+            "federation.alpha": 0.5,
+            "federation.strategy": "fedavg",
+            "federation.eval_every": args.eval_every,
+            "federation.backend": "inprocess",
+            "output": str(output),
+            **args.overrides,
+        }
+    )
+
+
+def federated_examples(cfg: JobConfig) -> tuple[int, list[int]]:
+    """Examples the federation trains on: Σ over rounds of the sampled shards' sizes."""
+    shards, _ = make_shards(cfg)
+    fed = cfg.federation
+    sampler = ClientSampler(fed.clients, fed.clients_per_round, fed.sampling, cfg.train.seed)
+    per_round = [
+        int(sum(len(shards[c]) for c in sampler.sample(r))) for r in range(1, fed.rounds + 1)
+    ]
+    epochs = cfg.train.epochs
+    if cfg.train.max_steps is not None or epochs != 1.0:
+        # only one local pass over each shard makes "examples seen" the shard size
+        raise SystemExit("examples-seen matching assumes train.epochs = 1 and no max_steps")
+    return sum(per_round), per_round
+
+
+def run_federated(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    cfg = base_config(args, workdir).replace(FEDERATED_RUNS[name])
+    examples, per_round = federated_examples(cfg)
+    print(f"[{name}] {cfg.federation.rounds} rounds, {examples} examples seen", flush=True)
+    start = time.perf_counter()
+    summary = run_simulation(cfg, export=False)
+    seconds = time.perf_counter() - start
+    records = [
+        json.loads(line)
+        for line in (Path(cfg.output) / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    curve = [{"round": 0, "eval_accuracy": summary["initial_eval_accuracy"], "bytes_up_total": 0}]
+    curve += [
+        {
+            "round": r["round"],
+            "eval_accuracy": r["eval_accuracy"],
+            "eval_loss": r["eval_loss"],
+            "bytes_up_total": r["bytes_up_total"],
+        }
+        for r in records
+        if "eval_accuracy" in r
+    ]
+    return {
+        "kind": "federated",
+        "codec": FEDERATED_RUNS[name],
+        "rounds": cfg.federation.rounds,
+        "eval_every": cfg.federation.eval_every,
+        "examples_seen": examples,
+        "examples_per_round": per_round,
+        "initial_eval_accuracy": summary["initial_eval_accuracy"],
+        "final_eval_accuracy": summary["final_eval_accuracy"],
+        "final_eval_macro_f1": summary.get("final_eval_macro_f1"),
+        "final_eval_loss": summary.get("final_eval_loss"),
+        "bytes_up": summary["bytes_up"],
+        "bytes_down": summary["bytes_down"],
+        "bytes_up_per_client_update": summary["bytes_up"] / (10 * cfg.federation.rounds),
+        "curve": curve,
+        "rounds_log": [
+            {
+                k: r[k]
+                for k in ("round", "bytes_up", "train_loss", "train_steps", "round_seconds")
+                if k in r
+            }
+            for r in records
+        ],
+        "wall_seconds": seconds,
+        "config": {
+            "lr": cfg.train.lr,
+            "batch_size": cfg.train.batch_size,
+            "server_lr": cfg.federation.server_lr,
+            "strategy": cfg.federation.strategy,
+        },
+        "finished": now(),
+    }
+
+
+def run_centralized(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    probe = base_config(args, workdir)
+    examples, _ = federated_examples(probe)
+    steps = max(1, round(examples / probe.train.batch_size))
+    cfg = probe.replace({"train.max_steps": steps})
+    print(f"[central] {steps} steps of {cfg.train.batch_size} ≈ {examples} examples", flush=True)
+    start = time.perf_counter()
+    metrics = run_central(cfg, log_every=10_000)
+    seconds = time.perf_counter() - start
+    return {
+        "kind": "centralized",
+        "matched_rounds": args.rounds,
+        "matched_federated_examples": examples,
+        "max_steps": steps,
+        "examples_seen": metrics["examples_seen"],
+        "final_eval_accuracy": metrics["eval_accuracy"],
+        "final_eval_macro_f1": metrics["eval_macro_f1"],
+        "final_eval_loss": metrics["eval_loss"],
+        "train_loss": metrics["train_loss"],
+        "wall_seconds": seconds,
+        "config": {"lr": cfg.train.lr, "batch_size": cfg.train.batch_size},
+        "finished": now(),
+    }
+
+
+def goals(runs: dict[str, dict[str, Any]], suffix: str = "") -> dict[str, Any]:
+    """The two accuracy goals, for the runs stored under ``suffix`` (same settings)."""
+
+    def acc(name: str) -> float | None:
+        run = runs.get(name + suffix)
+        return None if run is None else float(run["final_eval_accuracy"])
+
+    out: dict[str, Any] = {}
+    dense, central, ef = acc("dense"), acc("central"), acc("compeft-0.1-ef")
+    if dense is not None and central is not None:
+        same = runs["central" + suffix]["matched_rounds"] == runs["dense" + suffix]["rounds"]
+        out["dense_vs_central"] = {
+            "gap": central - dense,
+            "goal": f"dense >= central - {GOAL_DENSE_VS_CENTRAL}",
+            "met": dense >= central - GOAL_DENSE_VS_CENTRAL,
+            "same_examples_seen": same,
+        }
+    if dense is not None and ef is not None:
+        out["compeft_0.1_ef_vs_dense"] = {
+            "gap": dense - ef,
+            "goal": f"compeft-0.1-ef >= dense - {GOAL_COMPEFT_VS_DENSE}",
+            "met": ef >= dense - GOAL_COMPEFT_VS_DENSE,
+        }
+    return out
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, run in report["runs"].items():
+        if run["kind"] != "federated":
+            continue
+        # baseline settings solid; --set variants (the investigation) dashed and thinner
+        style = {"ls": "--", "lw": 1.0, "ms": 3} if "[" in name else {"ls": "-", "ms": 5}
+        label = name.replace("federation.", "")
+        rounds = [p["round"] for p in run["curve"]]
+        accs = [p["eval_accuracy"] for p in run["curve"]]
+        (line,) = left.plot(rounds, accs, marker="o", label=label, **style)
+        pts = [(p["bytes_up_total"], p["eval_accuracy"]) for p in run["curve"] if p["round"]]
+        right.plot(
+            *zip(*pts, strict=True), marker="o", color=line.get_color(), label=label, **style
+        )
+    central = report["runs"].get("central")
+    if central is not None:
+        x = central["matched_rounds"]
+        left.plot([x], [central["final_eval_accuracy"]], "k*", ms=14, label="centralized")
+        left.axhline(central["final_eval_accuracy"], color="k", ls=":", lw=0.8)
+        right.axhline(
+            central["final_eval_accuracy"], color="k", ls=":", lw=0.8, label="centralized"
+        )
+    left.set_xlabel("round")
+    left.set_ylabel("SST-2 dev accuracy")
+    left.set_title("accuracy vs round (star: centralized, same examples seen)")
+    left.legend(fontsize=7)
+    left.grid(alpha=0.3)
+    right.set_xscale("log")
+    right.set_xlabel("cumulative bytes uploaded (all clients)")
+    right.set_title("accuracy vs uplink bytes")
+    right.legend(fontsize=7)
+    right.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def parse_set(values: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default=",".join(RUN_NAMES), help=f"subset of {RUN_NAMES}")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--eval-every", type=int, default=2, help="the last round always")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (see docstring)")
+    parser.add_argument("--set", action="append", default=[], help="key=value for every run")
+    parser.add_argument("--note", action="append", default=[], help="append to notes")
+    parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/fedpeft-bench-fed-accuracy"),
+        help="run folders (deleted after each run)",
+    )
+    args = parser.parse_args(argv)
+    args.runs = [r for r in args.runs.split(",") if r]
+    unknown = sorted(set(args.runs) - set(RUN_NAMES))
+    if unknown:
+        parser.error(f"unknown runs {unknown}; known: {list(RUN_NAMES)}")
+    args.overrides = parse_set(args.set)
+    return args
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    if path.is_file():
+        return dict(json.loads(path.read_text()))
+    return {"benchmark": "fed_accuracy", "runs": {}, "notes": []}
+
+
+def save_report(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def refresh(report: dict[str, Any]) -> None:
+    """Recompute the goal checks for every settings group (baseline and each --set)."""
+    suffixes = {"" if "[" not in n else n[n.index("[") :] for n in report["runs"]}
+    report["goals"] = {s or "baseline": goals(report["runs"], s) for s in sorted(suffixes)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    report = load_report(args.output)
+    if not args.plot_only:
+        report["setup"] = {
+            "model": "minilm (all-MiniLM-L6-v2) + LoRA r 8, alpha 16 (package defaults)",
+            "data": "SST-2 train.txt (6,920) -> dev.txt (872)",
+            "federation": "100 clients, Dirichlet(0.5), 10 per round, 1 local epoch, FedAvg",
+            "train": "AdamW lr 1e-3, batch 16, linear decay, warm-up 6%, clip 1.0, max_len 64",
+            "threads": args.threads,
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        }
+    suffix = ""
+    if args.overrides:
+        suffix = "[" + ",".join(f"{k}={v}" for k, v in args.overrides.items()) + "]"
+    for name in [] if args.plot_only else args.runs:
+        workdir = args.workdir / f"{name}{suffix}".replace("[", "_").replace("]", "")
+        try:
+            result = (
+                run_centralized(args, workdir)
+                if name == "central"
+                else run_federated(name, args, workdir)
+            )
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        result["overrides"] = args.overrides
+        result["command"] = " ".join([sys.executable, *sys.argv])
+        report = load_report(args.output)  # merge with whatever finished meanwhile
+        report["runs"][name + suffix] = result
+        refresh(report)
+        save_report(report, args.output)
+        print(
+            f"[{name}{suffix}] accuracy {result['final_eval_accuracy']:.4f} "
+            f"in {result['wall_seconds']:.0f} s",
+            flush=True,
+        )
+    report["notes"] = [*report.get("notes", []), *args.note]
+    refresh(report)
+    save_report(report, args.output)
+    plot(report, args.output.with_suffix(".png"))
+    print_table(report)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(f"\n{'run':<32}{'rounds':>7}{'examples':>9}{'accuracy':>10}{'MB up':>9}{'wall s':>8}")
+    for name, run in report["runs"].items():
+        rounds = run.get("rounds", run.get("matched_rounds"))
+        mb = run.get("bytes_up", math.nan) / 1e6
+        print(
+            f"{name:<32}{rounds:>7}{run['examples_seen']:>9}{run['final_eval_accuracy']:>10.4f}"
+            f"{mb:>9.2f}{run['wall_seconds']:>8.0f}"
+        )
+    print(json.dumps(report.get("goals", {}), indent=1))
+
+
+if __name__ == "__main__":
+    main()
