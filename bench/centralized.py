@@ -3,8 +3,8 @@
 Usage::
 
     FEDPEFT_CACHE=/tmp/fpcache python bench/centralized.py                  # all parts
-    FEDPEFT_CACHE=/tmp/fpcache python bench/centralized.py --part accuracy
-    FEDPEFT_CACHE=/tmp/fpcache python bench/centralized.py --part steptime --reps 5 --steps 20
+    FEDPEFT_CACHE=/tmp/fpcache python bench/centralized.py --part accuracy --reuse
+    FEDPEFT_CACHE=/tmp/fpcache python bench/centralized.py --part steptime --threads 1
     FEDPEFT_CACHE=/tmp/fpcache python bench/centralized.py --part smollm
 
 Three parts, each writing its own section of ``bench/results/centralized.json`` (the
@@ -27,7 +27,10 @@ file is merged, so parts can run separately):
     (16 x 64 tokens from SST-2: the 16 longest training sentences, truncated at 64), in
     the same process, interleaved (one repetition of every variant per round, the order
     alternating between rounds), with and without gradient clipping. Reported: medians
-    of the per-step time of each variant and the ratio fedpeft / bare (goal <= 1.05).
+    of the per-step time of each variant, the ratio fedpeft / bare of the medians and the
+    median of the per-round paired ratios (goal <= 1.05), and the loop-only work
+    (collation, scheduler, per-call setup) timed alone, which bounds the overhead when
+    a shared machine makes the end-to-end numbers noisy.
 
 ``smollm``
     SmolLM2-135M-Instruct + LoRA on the first 200 Alpaca examples; held-out perplexity

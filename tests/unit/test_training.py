@@ -105,3 +105,12 @@ def _drift(mu: float) -> float:
 
 def test_fedprox_term_keeps_weights_near_start() -> None:
     assert _drift(mu=10.0) < 0.5 * _drift(mu=0.0)
+
+
+def test_encode_cache_is_keyed_on_content() -> None:
+    first = encode(_Tok(), ClassificationData(["good movie", "bad"], [1, 0], ["n", "p"]), 8)
+    del first
+    other = ClassificationData(["terrible film", "great"], [0, 1], ["n", "p"])
+    enc = encode(_Tok(), other, 8)
+    assert enc.labels.tolist() == [0, 1]
+    assert enc.input_ids[0].tolist() == [99, 9, 5]  # "terrible film", not "good movie"

@@ -36,8 +36,8 @@ class ArchSpec:
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
-    # The pooler of MiniLM's checkpoint is absent (sentence-transformers drops it), so
-    # it starts random: train it with the classifier rather than leave it frozen.
+    # MiniLM's pooler was never trained for classification (sentence-transformers pools
+    # by mean): train it with the classifier rather than leave it frozen.
     "bert": ArchSpec(("query", "key", "value"), ("classifier", "pooler"), "encoder.layer", True),
     "roberta": ArchSpec(("query", "key", "value"), ("classifier",), "encoder.layer", True),
     "distilbert": ArchSpec(

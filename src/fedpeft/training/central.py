@@ -33,7 +33,8 @@ def run_central(
     record: dict[str, Any] = {"step": 0}
     if eval_enc is not None and data.task.value == "causal_lm":
         # perplexity before training, so the gain is visible in one file
-        record.update({f"initial_{k}": v for k, v in evaluate(adapted.model, eval_enc).items()})
+        initial = evaluate(adapted.model, eval_enc, cfg.train.eval_batch_size)
+        record.update({f"initial_{k}": v for k, v in initial.items()})
 
     def step_hook(step: int, total: int, loss: float) -> None:
         if step % log_every == 0 or step == total:

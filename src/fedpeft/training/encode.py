@@ -8,6 +8,7 @@ each virtual client indexes into it, so swapping clients costs no tokenisation.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -75,15 +76,27 @@ class EncodedData:
             yield self.batch(order[start : start + batch_size])
 
 
-_CACHE: dict[str, EncodedData] = {}
+_CACHE: OrderedDict[str, EncodedData] = OrderedDict()
+_CACHE_SIZE = 8  # datasets kept tokenised per process (train + eval of a few jobs)
 
 
-def _fingerprint(tokenizer: object, data: object, max_length: int) -> str:
+def _fingerprint(
+    tokenizer: object, data: ClassificationData | InstructionData, max_length: int
+) -> str:
+    """Content hash: the same texts and labels with the same tokenizer hit the cache."""
     h = hashlib.sha256()
     h.update(str(getattr(tokenizer, "name_or_path", "")).encode())
-    h.update(str(max_length).encode())
-    h.update(str(id(data)).encode())
-    h.update(str(len(data)).encode())  # type: ignore[arg-type]
+    h.update(type(tokenizer).__name__.encode())
+    h.update(f"{type(data).__name__}|{max_length}|{len(data)}".encode())
+    if isinstance(data, ClassificationData):
+        fields: tuple[Sequence[object], ...] = (data.texts, data.labels, data.label_names)
+    else:
+        fields = (data.prompts, data.responses)
+    for values in fields:
+        for value in values:
+            h.update(str(value).encode())
+            h.update(b"\x00")
+        h.update(b"\x01")
     return h.hexdigest()
 
 
@@ -97,6 +110,7 @@ def encode(
         raise DataError("cannot encode an empty dataset")
     key = _fingerprint(tokenizer, data, max_length)
     if key in _CACHE:
+        _CACHE.move_to_end(key)
         return _CACHE[key]
     pad_id = int(tokenizer.pad_token_id)  # type: ignore[attr-defined]
     if isinstance(data, ClassificationData):
@@ -117,4 +131,6 @@ def encode(
             targets.append(torch.tensor(tgt, dtype=torch.long))
         result = EncodedData(ids, None, targets, pad_id)
     _CACHE[key] = result
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
     return result
