@@ -179,9 +179,12 @@ def run_federated(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
         "wall_seconds": seconds,
         "config": {
             "lr": cfg.train.lr,
+            "schedule": cfg.train.schedule,
             "batch_size": cfg.train.batch_size,
             "server_lr": cfg.federation.server_lr,
+            "server_momentum": cfg.federation.server_momentum,
             "strategy": cfg.federation.strategy,
+            "modules_to_save": cfg.lora.modules_to_save,
         },
         "finished": now(),
     }
@@ -207,7 +210,12 @@ def run_centralized(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "final_eval_loss": metrics["eval_loss"],
         "train_loss": metrics["train_loss"],
         "wall_seconds": seconds,
-        "config": {"lr": cfg.train.lr, "batch_size": cfg.train.batch_size},
+        "config": {
+            "lr": cfg.train.lr,
+            "schedule": cfg.train.schedule,
+            "batch_size": cfg.train.batch_size,
+            "modules_to_save": cfg.lora.modules_to_save,
+        },
         "finished": now(),
     }
 
@@ -221,17 +229,24 @@ def goals(runs: dict[str, dict[str, Any]], suffix: str = "") -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     dense, ef = acc("dense"), acc("compeft-0.1-ef")
-    # a --set group without its own centralized run compares with the baseline one
-    central_run = runs.get("central" + suffix) or runs.get("central")
-    if dense is not None and central_run is not None:
-        central = float(central_run["final_eval_accuracy"])
-        same = central_run["matched_federated_examples"] == runs["dense" + suffix]["examples_seen"]
-        out["dense_vs_central"] = {
-            "gap": central - dense,
-            "goal": f"dense >= central - {GOAL_DENSE_VS_CENTRAL} at the same examples seen",
-            "same_examples_seen": same,
-            "met": same and dense >= central - GOAL_DENSE_VS_CENTRAL,
+    if dense is not None:
+        # the reference is the best centralized run at the same examples seen, whatever
+        # its settings (each setting group may tune the federation; the baseline keeps its best)
+        seen = runs["dense" + suffix]["examples_seen"]
+        central_runs = {
+            name: run
+            for name, run in runs.items()
+            if run["kind"] == "centralized" and run["matched_federated_examples"] == seen
         }
+        if central_runs:
+            name, best = max(central_runs.items(), key=lambda kv: kv[1]["final_eval_accuracy"])
+            central = float(best["final_eval_accuracy"])
+            out["dense_vs_central"] = {
+                "gap": central - dense,
+                "central_run": name,
+                "goal": f"dense >= best central - {GOAL_DENSE_VS_CENTRAL}, same examples seen",
+                "met": dense >= central - GOAL_DENSE_VS_CENTRAL,
+            }
     if dense is not None and ef is not None:
         out["compeft_0.1_ef_vs_dense"] = {
             "gap": dense - ef,
@@ -360,10 +375,10 @@ def main(argv: list[str] | None = None) -> None:
     report = load_report(args.output)
     if not args.plot_only:
         report["setup"] = {
-            "model": "minilm (all-MiniLM-L6-v2) + LoRA r 8, alpha 16 (package defaults)",
+            "model": "minilm (all-MiniLM-L6-v2) + LoRA r 8, alpha 16 on q/k/v + classifier head",
             "data": "SST-2 train.txt (6,920) -> dev.txt (872)",
             "federation": "100 clients, Dirichlet(0.5), 10 per round, 1 local epoch, FedAvg",
-            "train": "AdamW lr 1e-3, batch 16, linear decay, warm-up 6%, clip 1.0, max_len 64",
+            "train": "AdamW, batch 16, warm-up 6%, clip 1.0, max_len 64; lr etc.: runs[*].config",
             "threads": args.threads,
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),

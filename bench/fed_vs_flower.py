@@ -26,12 +26,16 @@ What-ifs (bench-only code, the library is not changed): ``--held-state`` (client
 their held adapter, as before commit ca3b0d1), ``--whatif D,C`` (a RayBackend subclass
 with D calls in flight per actor, C clients per call), ``--flower-default-resources``.
 
-Each run is a fresh child process, sides alternating. "wall" is from just before
-``ray.init`` (fedpeft) / ``run_simulation`` (Flower, which calls ``ray.init`` inside) to
-after Ray is shut down; interpreter start and imports are reported apart. The fedpeft
-child also times its driver-side phases (task building, the Ray round trip, decoding,
-aggregation, checkpoints) by wrapping those methods from outside, and with
-``--profile`` runs cProfile over the driver.
+Each run is a fresh child process, sides alternating. "wall" is the whole
+``run_simulation`` call on both sides: each framework starts Ray itself (fedpeft's
+RayBackend the way ``fedpeft simulate`` does, Flower's Ray backend with the init_args
+above) and stops it before returning; interpreter start and imports are reported apart.
+The synthetic fedpeft app reaches the workers through ``PYTHONPATH`` in the environment
+(as an installed package would); Flower hands its workers the same through a Ray
+runtime_env, which its backend always does. The fedpeft child also times its
+driver-side phases (``ray.init``, task building, the Ray round trip, decoding,
+aggregation, checkpoints, ``ray.shutdown``) by wrapping those functions from outside, and
+with ``--profile`` runs cProfile over the driver.
 
 Results go to ``bench/results/fed_vs_flower.json`` and ``fed_vs_flower.png``. The
 machine is shared: compare the ratio inside one run; the load average is recorded.
@@ -279,26 +283,26 @@ def fedpeft_once(
         }
     )
     factory = functools.partial(synthetic_factory, floats=floats, keep_state=keep_state)
-    pythonpath = os.pathsep.join(p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH")) if p)
+    # The synthetic app must be importable in the Ray workers, as a user's installed package
+    # would be: the raylet that run_simulation starts inherits this environment. (A Ray
+    # runtime_env would do it too, but then Ray starts fresh workers instead of its
+    # pre-started ones: ~3 s more here, for something `fedpeft simulate` never needs.)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH")) if p
+    )
+    timer.wrap(ray, "init", "ray_init")
+    timer.wrap(ray, "shutdown", "ray_shutdown")
     profiler = cProfile.Profile() if profile else None
 
+    # run_simulation starts Ray (as RayBackend does for `fedpeft simulate`) and stops it
     start = time.perf_counter()
-    ray.init(
-        num_cpus=workers,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-    )
-    ray_ready = time.perf_counter()
     if profiler is not None:
         profiler.enable()
     summary = run_simulation(cfg, app_factory=factory, export=False)
     if profiler is not None:
         profiler.disable()
-    sim_done = time.perf_counter()
-    ray.shutdown()
     end = time.perf_counter()
+    assert not ray.is_initialized(), "run_simulation should have stopped the Ray it started"
 
     records = [json.loads(x) for x in (out_dir / "run" / "metrics.jsonl").read_text().splitlines()]
     final = _final_mean(out_dir / "run")
@@ -308,9 +312,9 @@ def fedpeft_once(
     result: dict[str, Any] = {
         "import_seconds": import_seconds,
         "wall_seconds": end - start,
-        "ray_init_seconds": ray_ready - start,
-        "run_simulation_seconds": sim_done - ray_ready,
-        "ray_shutdown_seconds": end - sim_done,
+        "ray_init_seconds": timer.seconds.get("ray_init", 0.0),
+        "run_simulation_seconds": end - start,
+        "ray_shutdown_seconds": timer.seconds.get("ray_shutdown", 0.0),
         "round_seconds": [r["round_seconds"] for r in records],
         "rounds_total_seconds": sum(r["round_seconds"] for r in records),
         "clients_ok": [r["clients_ok"] for r in records],
@@ -403,7 +407,9 @@ def time_segments(run: dict[str, Any]) -> dict[str, float]:
     else:
         segs = {
             "ray.init": run["ray_init_seconds"],
-            "worker/actor start": run["driver_phases_seconds"].get("start_workers", 0.0),
+            # RayBackend.__init__ starts Ray, then the workers
+            "worker/actor start": run["driver_phases_seconds"].get("start_workers", 0.0)
+            - run["ray_init_seconds"],
             "rounds": sum(rounds),
         }
     segs["other (data, plot, shutdown, …)"] = max(0.0, run["wall_seconds"] - sum(segs.values()))

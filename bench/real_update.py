@@ -11,7 +11,7 @@ Dirichlet(0.5), seed 0), and runs one first-round task for one client the way
 ``RoundEngine.make_task`` builds it: full dense fp32 downlink of the initial adapter,
 the client's shard as indices, the engine's per-(round, client) seed. The dense fp32
 uplink payload is decoded back: that is the update Δ = θ_local − θ_start (LoRA A/B plus
-the task head and pooler that peft trains through ``modules_to_save``). It is written to
+the classifier head that peft trains through ``modules_to_save``). It is written to
 ``bench/results/real_update.safetensors``.
 
 Then ``bench/codec_bits.py --input <that file> --output bench/results/codec_bits_real.json``
@@ -113,7 +113,7 @@ def real_update(cfg: JobConfig, client: int) -> tuple[dict[str, np.ndarray], dic
 
 
 def group_sizes(delta: dict[str, np.ndarray]) -> dict[str, int]:
-    """Coordinates per kind of tensor (LoRA A, LoRA B, head/pooler saved in full)."""
+    """Coordinates per kind of tensor (LoRA A, LoRA B, head modules saved in full)."""
     groups: dict[str, int] = {}
     for name, value in delta.items():
         kind = "lora_A" if ".lora_A." in name else "lora_B" if ".lora_B." in name else "head"

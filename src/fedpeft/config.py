@@ -88,6 +88,10 @@ class LoraSettings:
     target_modules: list[str] | None = field(
         default=None, metadata=_help("module names to adapt; default from the architecture table")
     )
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata=_help("classification: modules trained in full; default: the architecture's head"),
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.r, int) or self.r <= 0:
@@ -185,6 +189,9 @@ class FederationConfig:
     shards_per_client: int = field(default=2, metadata=_help("shards per client (shards)"))
     strategy: str = field(default="fedavg", metadata=_help("fedavg, fedadam or fedyogi"))
     server_lr: float = field(default=1.0, metadata=_help("server learning rate"))
+    server_momentum: float = field(
+        default=0.0, metadata=_help("FedAvg server momentum (FedAvgM; 0 = plain FedAvg)")
+    )
     beta1: float = field(default=0.9, metadata=_help("FedAdam/FedYogi first moment"))
     beta2: float = field(default=0.99, metadata=_help("FedAdam/FedYogi second moment"))
     tau: float = field(default=1e-3, metadata=_help("FedAdam/FedYogi adaptivity"))
@@ -229,6 +236,10 @@ class FederationConfig:
         _positive("federation", "alpha", self.alpha)
         _one_of("federation", "strategy", self.strategy, ("fedavg", "fedadam", "fedyogi"))
         _positive("federation", "server_lr", self.server_lr)
+        if not (0.0 <= self.server_momentum < 1.0):
+            raise ConfigError(
+                "federation.server_momentum", f"must be in [0, 1), got {self.server_momentum!r}"
+            )
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             if not (0.0 <= value < 1.0):

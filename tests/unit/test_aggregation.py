@@ -40,6 +40,26 @@ def test_fedavg_order_independent() -> None:
     assert np.array_equal(a["w"], b["w"])
 
 
+def test_fedavgm_hand_computed_steps_and_state_round_trip() -> None:
+    eta, beta = 0.5, 0.9
+    opt = FedAvg(server_lr=eta, server_momentum=beta)
+    x0 = {"w": np.zeros((2, 3), np.float32)}
+    x1 = opt.aggregate_train(1, x0, _updates([(1, 1.0), (3, 5.0)]))
+    np.testing.assert_allclose(x1["w"], eta * 4.0)  # v1 = Δ̄1 = 4
+    clone = FedAvg(server_lr=eta, server_momentum=beta)
+    clone.load_state_dict(opt.state_dict())
+    x2 = opt.aggregate_train(2, x1, _updates([(1, -2.0)]))
+    np.testing.assert_allclose(x2["w"], eta * 4.0 + eta * (beta * 4.0 - 2.0), rtol=1e-6)
+    assert np.array_equal(clone.aggregate_train(2, x1, _updates([(1, -2.0)]))["w"], x2["w"])
+    # β = 0 keeps no state and is plain FedAvg
+    assert FedAvg().state_dict() == {}
+    with pytest.raises(ConfigError, match=r"federation\.server_momentum"):
+        FedAvg(server_momentum=1.0)
+    with pytest.raises(ConfigError, match=r"federation\.server_momentum"):
+        FederationConfig(server_momentum=-0.1)
+    assert make_strategy(FederationConfig(server_momentum=0.9)).server_momentum == 0.9  # type: ignore[attr-defined]
+
+
 def test_fedadam_hand_computed_step() -> None:
     eta, b1, b2, tau = 0.1, 0.9, 0.99, 1e-3
     opt = FedAdam(server_lr=eta, beta1=b1, beta2=b2, tau=tau)

@@ -42,3 +42,28 @@ def test_architecture_table() -> None:
     assert all(spec.lora_targets for spec in ARCHITECTURES.values())
     with pytest.raises(ModelError, match="target_modules"):
         arch_spec("mamba")
+
+
+def test_lora_head_and_targets_follow_the_settings() -> None:
+    from fedpeft.adapters.lora import build_lora_model, trainable_shapes
+    from fedpeft.config import LoraSettings
+    from fedpeft.models.registry import load_backbone
+
+    path = str(resolve_model_path("minilm"))
+
+    def trainable(settings: LoraSettings) -> set[str]:
+        base = load_backbone(path, Task.CLASSIFICATION, label_names=["neg", "pos"])
+        return set(trainable_shapes(build_lora_model(base, settings, Task.CLASSIFICATION)))
+
+    default = trainable(LoraSettings())  # the architecture table: PEFT's classifier-only head
+    assert any("classifier.modules_to_save" in n for n in default)
+    assert not any("pooler" in n for n in default)
+    custom = trainable(
+        LoraSettings(
+            modules_to_save=["classifier", "pooler"],
+            target_modules=["query", "key", "value", "pooler.dense"],
+        )
+    )
+    assert any("pooler.modules_to_save" in n for n in custom)
+    assert any("query.lora_A" in n for n in custom)
+    assert not any("attention.output.dense.lora" in n for n in custom)  # suffix match only

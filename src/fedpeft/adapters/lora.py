@@ -29,7 +29,11 @@ def build_lora_model(base: Any, settings: LoraSettings, task: Task) -> Any:
     targets = list(settings.target_modules or (spec.lora_targets if spec else ()))
     head: list[str] | None = None
     if task is Task.CLASSIFICATION:
-        head = list((spec or arch_spec(base.config.model_type)).head_modules)
+        head = list(
+            settings.modules_to_save
+            if settings.modules_to_save is not None
+            else (spec or arch_spec(base.config.model_type)).head_modules
+        )
         # keep only head modules that exist in this model (e.g. a pooler may be absent)
         names = {n.rsplit(".", 1)[-1] for n, _ in base.named_modules()}
         head = [h for h in head if h in names]

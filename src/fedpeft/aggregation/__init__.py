@@ -20,7 +20,7 @@ STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedadam": FedAdam, "
 def make_strategy(cfg: FederationConfig) -> Strategy:
     """The strategy named by ``federation.strategy``, configured from ``cfg``."""
     if cfg.strategy == "fedavg":
-        return FedAvg(server_lr=cfg.server_lr)
+        return FedAvg(server_lr=cfg.server_lr, server_momentum=cfg.server_momentum)
     if cfg.strategy in ("fedadam", "fedyogi"):
         cls = STRATEGIES[cfg.strategy]
         return cls(server_lr=cfg.server_lr, beta1=cfg.beta1, beta2=cfg.beta2, tau=cfg.tau)  # type: ignore[call-arg]

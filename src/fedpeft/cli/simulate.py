@@ -40,6 +40,9 @@ def simulate(
     alpha: float | None = typer.Option(None, "--alpha", help="Dirichlet concentration"),
     strategy: str | None = typer.Option(None, "--strategy", help="fedavg, fedadam, fedyogi"),
     server_lr: float | None = typer.Option(None, "--server-lr"),
+    server_momentum: float | None = typer.Option(
+        None, "--server-momentum", help="FedAvg server momentum (FedAvgM)"
+    ),
     proximal_mu: float | None = typer.Option(None, "--proximal-mu", help="FedProx mu"),
     epochs: float | None = typer.Option(None, "--local-epochs"),
     local_steps: int | None = typer.Option(None, "--local-steps"),
@@ -72,6 +75,7 @@ def simulate(
         "federation.alpha": alpha,
         "federation.strategy": strategy,
         "federation.server_lr": server_lr,
+        "federation.server_momentum": server_momentum,
         "federation.proximal_mu": proximal_mu,
         "train.epochs": epochs,
         "train.max_steps": local_steps,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,21 +135,47 @@ def run_simulation(
             atomic_write_bytes(run.path / "summary.json", json.dumps(initial).encode())
         engine.run()
         final_params = engine.state.params
-    finally:
+    except BaseException:
         backend.shutdown()
+        raise
 
-    import torch
+    # Stopping the backend (Ray: killing workers, stopping its daemons) is a second or two
+    # of mostly waiting; the outputs are written meanwhile.
+    with _in_background(backend.shutdown, "fedpeft-backend-shutdown"):
+        import torch
 
-    run.save_state({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in final_params.items()})
-    records = run.read_metrics()
-    plot_curves(records, run.path / "curves.png")
+        state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in final_params.items()}
+        run.save_state(state)
+        records = run.read_metrics()
+        plot_curves(records, run.path / "curves.png")
+        if export:
+            from fedpeft.export import export_adapter
+
+            export_adapter(run.path, run.path / "adapter")
     summary = summarize(records, initial, time.perf_counter() - start, summary_prev)
     atomic_write_bytes(run.path / "summary.json", json.dumps(summary, indent=2).encode())
-    if export:
-        from fedpeft.export import export_adapter
-
-        export_adapter(run.path, run.path / "adapter")
     return summary
+
+
+@contextlib.contextmanager
+def _in_background(fn: Callable[[], None], name: str) -> Iterator[None]:
+    """Run ``fn`` in a thread while the block runs; join it and re-raise its error after."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # re-raised in the caller's thread below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def summarize(
