@@ -65,3 +65,16 @@ def test_none_overrides_keep_file_values(tmp_path: Path) -> None:
                                      "federation.clients_per_round": 4})
     assert cfg.federation.rounds == 9
     assert cfg.federation.clients == 20
+
+
+def test_readme_experiment_file_loads(tmp_path: Path) -> None:
+    """The TOML example in README.md is a valid experiment file."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    match = re.search(r"```toml\n(.*?)```", readme, re.S)
+    assert match is not None, "README.md has no TOML example"
+    path = tmp_path / "exp.toml"
+    path.write_text(match.group(1))
+    cfg = load_config(path)
+    assert cfg.federation.rounds == 20 and cfg.codec.name == "dense"
