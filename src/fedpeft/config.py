@@ -263,6 +263,9 @@ class CodecSettings:
     scope: str = field(default="per_tensor", metadata=_help("compeft top-k: per_tensor or global"))
     scale: str = field(default="mean_abs", metadata=_help("compeft scale: mean_abs or alpha_std"))
     alpha: float = field(default=1.0, metadata=_help("compeft alpha for alpha_std"))
+    dense_below: int = field(
+        default=0, metadata=_help("compeft: tensors with fewer entries go exact float32")
+    )
     error_feedback: bool = field(default=False, metadata=_help("carry what compression dropped"))
     downlink: str = field(
         default="dense", metadata=_help("codec for the global adapter delta sent down")
@@ -279,6 +282,10 @@ class CodecSettings:
         _one_of("codec", "scope", self.scope, ("per_tensor", "global"))
         _one_of("codec", "scale", self.scale, ("mean_abs", "alpha_std"))
         _positive("codec", "alpha", self.alpha)
+        if not isinstance(self.dense_below, int) or self.dense_below < 0:
+            raise ConfigError(
+                "codec.dense_below", f"must be an integer >= 0, got {self.dense_below!r}"
+            )
 
 
 @dataclass

@@ -61,8 +61,23 @@ def compeft_codecs(draw: st.DrawFn) -> CompeftCodec:
     )
 
 
+@st.composite
+def compeft_dense_codecs(draw: st.DrawFn) -> CompeftCodec:
+    """ComPEFT that sends tensors below a size limit exactly (``dense_below``)."""
+    return CompeftCodec(
+        CompeftConfig(
+            density=draw(DENSITIES),
+            scope=draw(st.sampled_from(list(Scope))),
+            scale=draw(st.sampled_from(list(ScaleRule))),
+            alpha=draw(st.sampled_from([0.5, 1.0, 2.5])),
+            dense_below=draw(st.integers(1, 64)),
+        )
+    )
+
+
 CODECS = st.one_of(
     compeft_codecs(),
+    compeft_dense_codecs(),
     st.sampled_from([DenseCodec(DenseConfig(d)) for d in ("fp32", "fp16", "bf16")]),
 )
 
@@ -164,6 +179,29 @@ def test_compeft_ternary_and_kept_count(codec, tensors) -> None:
         nnz = sum(int(np.count_nonzero(f)) for f in flat)
         total = sum(int(np.count_nonzero(v)) for v in decoded.values())
         assert total == min(kept_count(n, k), nnz)
+
+
+@SETTINGS
+@given(codec=compeft_dense_codecs(), tensors=TENSORS)
+def test_compeft_small_tensors_exact_the_rest_as_the_paper(codec, tensors) -> None:
+    decoded = codec.decode(codec.encode(tensors))
+    limit = codec.config.dense_below
+    small = {n for n, v in tensors.items() if 0 < np.size(v) < limit}
+    for name in small:
+        want = np.asarray(tensors[name], dtype=np.float32)
+        np.testing.assert_array_equal(bits(decoded[name]), bits(want))
+    # the other tensors are compressed exactly as if the small ones were not there
+    rest = {n: v for n, v in tensors.items() if n not in small}
+    want_rest = reference_compeft(rest, codec.config)
+    for name in rest:
+        np.testing.assert_array_equal(np.sign(decoded[name]), np.sign(want_rest[name]))
+        np.testing.assert_allclose(decoded[name], want_rest[name], rtol=2e-7, atol=0)
+
+
+def test_dense_below_is_validated() -> None:
+    for bad in (-1, 1.5, True, "8"):
+        with pytest.raises(ConfigError, match="dense_below"):
+            CompeftConfig(dense_below=bad)
 
 
 @SETTINGS

@@ -45,6 +45,7 @@ def uplink_codec(settings: CodecSettings) -> Codec:
             scope=settings.scope,
             scale=settings.scale,
             alpha=settings.alpha,
+            dense_below=settings.dense_below,
         )
     return make_codec("dense", dtype=settings.dtype)
 

@@ -32,7 +32,8 @@ are kept and ties *at* the threshold are filled lowest index first.
 
 Body layout (after the shared frame of :mod:`fedpeft.compression.base`)::
 
-    u8        flags: bit 0 = scope (0 per-tensor, 1 global), bits 1-2 = scale rule
+    u8        flags: bit 0 = scope (0 per-tensor, 1 global), bits 1-2 = scale rule,
+              bit 3 = a dense section follows
     float32   γ per tensor (per-tensor scope) or one γ (global scope)
     varint    m, the number of kept entries over all tensors
     u8        b, the Rice parameter
@@ -40,6 +41,16 @@ Body layout (after the shared frame of :mod:`fedpeft.compression.base`)::
     bytes     Rice remainders, m·b bits (see :mod:`fedpeft.compression.golomb`)
     bytes     Rice unary quotients
     bytes     m sign bits, 1 = negative (``np.packbits``)
+    [dense section, only with flag bit 3:
+    varint    d, the number of tensors sent exactly
+    varint    d tensor indices, strictly increasing
+    float32   their values, in that order]
+
+Small tensors (``dense_below``): a tensor with fewer entries than ``dense_below`` skips
+top-k and is sent as exact float32 (γ = 0 in its scale slot; in global scope it takes no
+part in top-k or γ). A few hundred floats of classifier head cost little next to the
+positions of a large update, and a 2-entry bias kept at k = 0.1 would otherwise be
+halved to one ternary entry. With the default 0 nothing is sent dense.
 
 Positions are coded as gaps in the concatenation of all tensors with one Rice
 parameter (optimal for the actual gaps, stored as ``b``), so hundreds of small
@@ -53,6 +64,7 @@ coordinate, more than their entropy.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -99,6 +111,7 @@ class ScaleRule(enum.Enum):
 
 _SCOPE_BITS = {Scope.PER_TENSOR: 0, Scope.GLOBAL: 1}
 _SCALE_BITS = {ScaleRule.MEAN_ABS: 0, ScaleRule.ALPHA_STD: 1}
+_DENSE_FLAG = 0b1000  # a dense section follows the sign bits
 
 
 def _coerce_enum(enum_cls: type[enum.Enum], value: Any, field_name: str) -> Any:
@@ -132,6 +145,10 @@ class CompeftConfig:
     alpha: float = field(
         default=1.0, metadata={"help": "α of the alpha_std scale rule (ignored otherwise)"}
     )
+    dense_below: int = field(
+        default=0,
+        metadata={"help": "tensors with fewer entries are sent as exact float32 (0 = none)"},
+    )
 
     def __post_init__(self) -> None:
         density = self.density
@@ -152,6 +169,12 @@ class CompeftConfig:
         if not (math.isfinite(float(alpha)) and float(alpha) > 0.0):
             raise ConfigError("alpha", f"must be finite and > 0, got {alpha!r}")
         object.__setattr__(self, "alpha", float(alpha))
+        dense_below = self.dense_below
+        if isinstance(dense_below, bool) or not isinstance(dense_below, (int, np.integer)):
+            raise ConfigError("dense_below", f"must be an integer >= 0, got {dense_below!r}")
+        if dense_below < 0:
+            raise ConfigError("dense_below", f"must be an integer >= 0, got {dense_below!r}")
+        object.__setattr__(self, "dense_below", int(dense_below))
 
 
 def kept_count(n: int, density: float) -> int:
@@ -268,38 +291,51 @@ class CompeftCodec(Codec):
             raise CodecError(f"scale γ = {gamma!r} overflows float32; lower `alpha`")
         return float(gamma32)
 
-    def _select(self, arrays: list[np.ndarray]) -> _Selection:
+    def _dense_indices(self, arrays: list[np.ndarray]) -> list[int]:
+        """Tensors sent exactly (fewer than ``dense_below`` entries, and not empty)."""
+        limit = self.config.dense_below
+        return [t for t, a in enumerate(arrays) if 0 < a.size < limit]
+
+    def _select(self, arrays: list[np.ndarray], dense: list[int]) -> _Selection:
         k = self.config.density
         if self.config.scope is Scope.GLOBAL:
-            flat = (
-                np.concatenate([a.ravel() for a in arrays])
-                if arrays
-                else np.zeros(0, dtype=np.float32)
-            )
+            sparse = [a.ravel() for t, a in enumerate(arrays) if t not in dense]
+            flat = np.concatenate(sparse) if sparse else np.zeros(0, dtype=np.float32)
             magnitudes = np.abs(flat)
             kept = top_nonzero(magnitudes, kept_count(flat.size, k))
             gammas = np.array([self._scale(flat, magnitudes, kept)], dtype=np.float32)
-            return _Selection(kept, flat[kept] < 0, gammas)
+            negative = flat[kept] < 0
+            if dense:  # positions count in the concatenation of *all* tensors
+                in_sparse = np.ones(sum(a.size for a in arrays), dtype=bool)
+                offsets = np.cumsum([0] + [a.size for a in arrays])
+                for t in dense:
+                    in_sparse[offsets[t] : offsets[t + 1]] = False
+                kept = np.flatnonzero(in_sparse)[kept]
+            return _Selection(kept, negative, gammas)
         positions: list[np.ndarray] = []
-        negative: list[np.ndarray] = []
+        negative_parts: list[np.ndarray] = []
         gammas = np.zeros(len(arrays), dtype=np.float32)
         offset = 0
         for t, array in enumerate(arrays):  # one iteration per tensor, not per entry
+            if t in dense:  # sent exactly; γ stays 0
+                offset += array.size
+                continue
             flat = array.ravel()
             magnitudes = np.abs(flat)
             kept = top_nonzero(magnitudes, kept_count(flat.size, k))
             gammas[t] = self._scale(flat, magnitudes, kept)
             positions.append(kept + offset)
-            negative.append(flat[kept] < 0)
+            negative_parts.append(flat[kept] < 0)
             offset += flat.size
         if not positions:
             return _Selection(np.zeros(0, np.int64), np.zeros(0, bool), gammas)
-        return _Selection(np.concatenate(positions), np.concatenate(negative), gammas)
+        return _Selection(np.concatenate(positions), np.concatenate(negative_parts), gammas)
 
     # -- codec hooks ---------------------------------------------------------
 
     def _encode_body(self, arrays: list[np.ndarray]) -> bytes:
-        selection = self._select(arrays)
+        dense = self._dense_indices(arrays)
+        selection = self._select(arrays, dense)
         if selection.positions.size == sum(a.size for a in arrays):
             b, remainders, unary = 0, b"", b""  # every entry kept: positions are implicit
         else:
@@ -307,7 +343,8 @@ class CompeftCodec(Codec):
             b = rice_parameter(gaps)
             remainders, unary = encode_gaps(gaps, b)
         out = bytearray()
-        out.append(_SCOPE_BITS[self.config.scope] | (_SCALE_BITS[self.config.scale] << 1))
+        flags = _SCOPE_BITS[self.config.scope] | (_SCALE_BITS[self.config.scale] << 1)
+        out.append(flags | (_DENSE_FLAG if dense else 0))
         out += selection.gammas.astype("<f4").tobytes()
         write_varint(out, int(selection.positions.size))
         out.append(b)
@@ -315,10 +352,22 @@ class CompeftCodec(Codec):
         out += remainders
         out += unary
         out += np.packbits(selection.negative).tobytes()
+        if dense:
+            write_varint(out, len(dense))
+            for t in dense:
+                write_varint(out, t)
+            for t in dense:
+                out += arrays[t].astype("<f4").tobytes()
         return bytes(out)
 
     def _reconstruct_flat(self, arrays: list[np.ndarray]) -> np.ndarray:
-        return _materialize(self._select(arrays), [a.size for a in arrays])
+        dense = self._dense_indices(arrays)
+        sizes = [a.size for a in arrays]
+        flat = _materialize(self._select(arrays, dense), sizes)
+        offsets = np.cumsum([0, *sizes])
+        for t in dense:
+            flat[offsets[t] : offsets[t + 1]] = arrays[t].ravel()
+        return flat
 
     def _decode_body(self, reader: WireReader, sizes: list[int]) -> np.ndarray:
         sections = _read_sections(reader, sizes)
@@ -337,12 +386,32 @@ class CompeftCodec(Codec):
         selection = _Selection(
             gaps_to_positions(gaps), negative[: sections.kept].astype(bool), sections.gammas
         )
-        return _materialize(selection, sizes)
+        flat = _materialize(selection, sizes)
+        if sections.flags & _DENSE_FLAG:
+            offsets = np.cumsum([0, *sizes])
+            dense = _read_dense_indices(reader, len(sizes))
+            for t in dense:
+                start, end = int(offsets[t]), int(offsets[t + 1])
+                if flat[start:end].any():
+                    raise CodecError(f"tensor {t} is sent dense but also has kept entries")
+                flat[start:end] = reader.float32_array(end - start, f"dense tensor {t}")
+        return flat
+
+
+def _read_dense_indices(reader: WireReader, n_tensors: int) -> list[int]:
+    """The indices of the tensors sent exactly: strictly increasing, each < ``n_tensors``."""
+    count = reader.varint("dense tensor count", n_tensors)
+    if count == 0:
+        raise CodecError("the dense flag is set but no tensor is sent dense")
+    indices = [reader.varint("dense tensor index", n_tensors - 1) for _ in range(count)]
+    if any(b <= a for a, b in itertools.pairwise(indices)):
+        raise CodecError("dense tensor indices must be strictly increasing")
+    return indices
 
 
 def _read_sections(reader: WireReader, sizes: list[int]) -> _Sections:
     flags = reader.u8("flags")
-    if flags & ~0b111 or (flags >> 1) > 1:
+    if flags & ~0b1111 or ((flags >> 1) & 0b11) > 1:
         raise CodecError(f"unknown compeft flags {flags:#04x}")
     n_scales = 1 if flags & 1 else len(sizes)
     gammas = reader.float32_array(n_scales, "scales")
@@ -369,16 +438,21 @@ def wire_breakdown(data: bytes | bytearray | memoryview) -> dict[str, int]:
     frame = read_frame(data)
     if frame.codec_id != CompeftCodec.wire_id:
         raise CodecError(f"not a compeft message (codec id {frame.codec_id})")
-    sections = _read_sections(WireReader(frame.body, "compeft body"), frame.sizes)
+    reader = WireReader(frame.body, "compeft body")
+    sections = _read_sections(reader, frame.sizes)
+    dense = 0
+    if sections.flags & _DENSE_FLAG:
+        dense = 4 * sum(frame.sizes[t] for t in _read_dense_indices(reader, len(frame.sizes)))
     scales = 4 * sections.gammas.size
     positions = len(sections.remainders) + len(sections.unary)
     signs = len(sections.signs)
     return {
         "total": frame.total_nbytes,
-        "header": frame.total_nbytes - scales - positions - signs,
+        "header": frame.total_nbytes - scales - positions - signs - dense,
         "scales": scales,
         "positions": positions,
         "signs": signs,
+        "dense": dense,
         "kept": sections.kept,
         "rice_parameter": sections.rice_parameter,
     }
