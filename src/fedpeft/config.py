@@ -267,6 +267,10 @@ class CodecSettings:
         default=0, metadata=_help("compeft: tensors with fewer entries go exact float32")
     )
     error_feedback: bool = field(default=False, metadata=_help("carry what compression dropped"))
+    feedback_decay: float = field(
+        default=1.0,
+        metadata=_help("error feedback: fraction of the carried residual added (1 = all)"),
+    )
     downlink: str = field(
         default="dense", metadata=_help("codec for the global adapter delta sent down")
     )
@@ -282,6 +286,11 @@ class CodecSettings:
         _one_of("codec", "scope", self.scope, ("per_tensor", "global"))
         _one_of("codec", "scale", self.scale, ("mean_abs", "alpha_std"))
         _positive("codec", "alpha", self.alpha)
+        decay = self.feedback_decay
+        if not (isinstance(decay, (int, float)) and 0.0 <= decay <= 1.0):
+            raise ConfigError(
+                "codec.feedback_decay", f"must be in [0, 1], got {self.feedback_decay!r}"
+            )
         if not isinstance(self.dense_below, int) or self.dense_below < 0:
             raise ConfigError(
                 "codec.dense_below", f"must be an integer >= 0, got {self.dense_below!r}"

@@ -22,6 +22,9 @@ BAD = [
     ({"federation.backend": "dask"}, "federation.backend"),
     ({"codec.density": 0.0}, "codec.density"),
     ({"codec.density": 10.0}, "codec.density"),
+    ({"codec.feedback_decay": 1.5}, "codec.feedback_decay"),
+    ({"codec.dense_below": -1}, "codec.dense_below"),
+    ({"federation.server_momentum": 1.0}, "federation.server_momentum"),
     ({"codec.name": "zip"}, "codec.name"),
     ({"model.device": "tpu"}, "model.device"),
 ]

@@ -73,3 +73,27 @@ def test_error_feedback_carries_dropped_mass() -> None:
     payload = encode_update(codec, delta, ctx, error_feedback=True)
     corrected = {"w": delta["w"] + residual["w"]}
     assert np.array_equal(codec.decode(payload)["w"], codec.reconstruct(corrected)["w"])
+
+
+def test_error_feedback_decay_adds_a_fraction_of_the_residual() -> None:
+    codec = make_codec("compeft", density=0.25)
+    rng = np.random.default_rng(1)
+    delta = {"w": rng.normal(size=64).astype(np.float32)}
+    ctx = _ctx()
+    encode_update(codec, delta, ctx, error_feedback=True, decay=0.5)  # no residual yet
+    residual = ctx.state.residual
+    assert residual is not None
+    payload = encode_update(codec, delta, ctx, error_feedback=True, decay=0.5)
+    corrected = {"w": (delta["w"] + 0.5 * residual["w"]).astype(np.float32)}
+    assert np.array_equal(codec.decode(payload)["w"], codec.reconstruct(corrected)["w"])
+    # the new residual is what this encoding dropped of the corrected update
+    np.testing.assert_allclose(
+        ctx.state.residual["w"], corrected["w"] - codec.reconstruct(corrected)["w"], atol=1e-6
+    )
+    # decay 0 is no error feedback at all
+    ctx0 = _ctx()
+    encode_update(codec, delta, ctx0, error_feedback=True, decay=0.0)
+    assert np.array_equal(
+        codec.decode(encode_update(codec, delta, ctx0, error_feedback=True, decay=0.0))["w"],
+        codec.reconstruct(delta)["w"],
+    )

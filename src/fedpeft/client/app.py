@@ -124,7 +124,11 @@ class LoraClientApp:
             ctx = ModContext(task.client_id, task.round, len(shard), state)
             delta = apply_mods(self.mods, delta, ctx)
             payload = encode_update(
-                self.uplink, delta, ctx, error_feedback=self.cfg.codec.error_feedback
+                self.uplink,
+                delta,
+                ctx,
+                error_feedback=self.cfg.codec.error_feedback,
+                decay=self.cfg.codec.feedback_decay,
             )
         except Exception as exc:  # reported, never averaged: the engine drops this client
             log.warning("client %s failed in round %s: %s", task.client_id, task.round, exc)

@@ -65,11 +65,20 @@ def apply_mods(mods: Sequence[UpdateMod], delta: Tensors, ctx: ModContext) -> Te
     return delta
 
 
-def encode_update(codec: Codec, delta: Tensors, ctx: ModContext, *, error_feedback: bool) -> bytes:
+def encode_update(
+    codec: Codec, delta: Tensors, ctx: ModContext, *, error_feedback: bool, decay: float = 1.0
+) -> bytes:
     """Encode ``delta``; with error feedback add the carried residual first and keep
-    what this encoding dropped (``corrected − reconstruction``) for the next round."""
+    what this encoding dropped (``corrected − reconstruction``) for the next round.
+
+    ``decay`` < 1 adds only that fraction of the residual: with partial participation a
+    residual is rounds old when its client returns, computed against a global adapter
+    that has moved on since.
+    """
     if error_feedback and ctx.state.residual is not None:
-        delta = {k: (v + ctx.state.residual[k]).astype(np.float32) for k, v in delta.items()}
+        delta = {
+            k: (v + decay * ctx.state.residual[k]).astype(np.float32) for k, v in delta.items()
+        }
     payload = codec.encode(delta)
     if error_feedback:
         recon = codec.reconstruct(delta)
