@@ -59,6 +59,12 @@ def simulate(
     density: float | None = typer.Option(None, "--density", help="compeft: fraction kept"),
     dtype: str | None = typer.Option(None, "--dtype", help="dense: fp32, fp16, bf16"),
     error_feedback: bool | None = typer.Option(None, "--error-feedback/--no-error-feedback"),
+    feedback_decay: float | None = typer.Option(
+        None, "--feedback-decay", help="error feedback: fraction of the residual carried"
+    ),
+    dense_below: int | None = typer.Option(
+        None, "--dense-below", help="compeft: send tensors with fewer entries exactly"
+    ),
     downlink: str | None = typer.Option(None, "--downlink", help="dense or compeft"),
 ) -> None:
     """Simulate federated LoRA fine-tuning over many virtual clients."""
@@ -92,6 +98,8 @@ def simulate(
         "codec.density": density,
         "codec.dtype": dtype,
         "codec.error_feedback": error_feedback,
+        "codec.feedback_decay": feedback_decay,
+        "codec.dense_below": dense_below,
         "codec.downlink": downlink,
     }
     if resume is not None:
