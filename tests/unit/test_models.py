@@ -55,15 +55,16 @@ def test_lora_head_and_targets_follow_the_settings() -> None:
         base = load_backbone(path, Task.CLASSIFICATION, label_names=["neg", "pos"])
         return set(trainable_shapes(build_lora_model(base, settings, Task.CLASSIFICATION)))
 
-    default = trainable(LoraSettings())  # the architecture table: PEFT's classifier-only head
+    default = trainable(LoraSettings())  # the architecture table: classifier + pooler in full
     assert any("classifier.modules_to_save" in n for n in default)
-    assert not any("pooler" in n for n in default)
-    custom = trainable(
+    assert any("pooler.modules_to_save" in n for n in default)
+    slim = trainable(
         LoraSettings(
-            modules_to_save=["classifier", "pooler"],
+            modules_to_save=["classifier"],  # PEFT's SEQ_CLS default: the pooler stays frozen
             target_modules=["query", "key", "value", "pooler.dense"],
         )
     )
-    assert any("pooler.modules_to_save" in n for n in custom)
-    assert any("query.lora_A" in n for n in custom)
-    assert not any("attention.output.dense.lora" in n for n in custom)  # suffix match only
+    assert not any("pooler.modules_to_save" in n for n in slim)
+    assert any("pooler.dense.lora_A" in n for n in slim)
+    assert any("query.lora_A" in n for n in slim)
+    assert not any("attention.output.dense.lora" in n for n in slim)  # suffix match only
