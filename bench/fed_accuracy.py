@@ -310,11 +310,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
         left.plot(rounds, accs, color=color, label=label, **style)
         pts = [(p["bytes_up_total"], p["eval_accuracy"]) for p in run["curve"] if p["round"]]
         right.plot(*zip(*pts, strict=True), color=color, **style)
-    central = report["runs"].get("central")
+    centrals = [r for r in report["runs"].values() if r["kind"] == "centralized"]
+    central = max(centrals, key=lambda r: r["final_eval_accuracy"]) if centrals else None
     if central is not None:
         acc = central["final_eval_accuracy"]
         left.plot(
-            [central["matched_rounds"]], [acc], "k*", ms=14, label="centralized (same examples)"
+            [central["matched_rounds"]], [acc], "k*", ms=14, label="best centralized, same examples"
         )
         left.axhline(acc, color="k", ls=":", lw=0.8)
         right.axhline(acc, color="k", ls=":", lw=0.8)
@@ -326,8 +327,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
     right.set_xlabel("cumulative bytes uploaded (all clients)")
     right.set_title("accuracy vs uplink bytes (dotted: centralized)")
     right.grid(alpha=0.3, which="both")
-    fig.legend(loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.2, 1, 1))
+    rows = math.ceil(len(left.lines) / 2)
+    fig.set_size_inches(13, 6.5 + 0.22 * rows)
+    fig.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, min(0.6, 0.22 * rows / (6.5 + 0.22 * rows) + 0.02), 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -396,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     report = load_report(args.output)
     if not args.plot_only:
         report["setup"] = {
-            "model": "minilm (all-MiniLM-L6-v2) + LoRA r 8, alpha 16 on q/k/v; head: runs[*].config",
+            "model": "minilm + LoRA r 8, alpha 16 on q/k/v; head: runs[*].config",
             "data": "SST-2 train.txt (6,920) -> dev.txt (872)",
             "federation": "100 clients, Dirichlet(0.5), 10 per round, 1 local epoch, FedAvg",
             "train": "AdamW, batch 16, warm-up 6%, clip 1.0, max_len 64; lr etc.: runs[*].config",
