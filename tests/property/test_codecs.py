@@ -50,29 +50,23 @@ DENSITIES = st.one_of(
 
 
 @st.composite
-def compeft_codecs(draw: st.DrawFn) -> CompeftCodec:
+def compeft_codecs(
+    draw: st.DrawFn, dense_below: st.SearchStrategy[int] = st.just(0)
+) -> CompeftCodec:
     return CompeftCodec(
         CompeftConfig(
             density=draw(DENSITIES),
             scope=draw(st.sampled_from(list(Scope))),
             scale=draw(st.sampled_from(list(ScaleRule))),
             alpha=draw(st.sampled_from([0.5, 1.0, 2.5])),
+            dense_below=draw(dense_below),
         )
     )
 
 
-@st.composite
-def compeft_dense_codecs(draw: st.DrawFn) -> CompeftCodec:
+def compeft_dense_codecs() -> st.SearchStrategy[CompeftCodec]:
     """ComPEFT that sends tensors below a size limit exactly (``dense_below``)."""
-    return CompeftCodec(
-        CompeftConfig(
-            density=draw(DENSITIES),
-            scope=draw(st.sampled_from(list(Scope))),
-            scale=draw(st.sampled_from(list(ScaleRule))),
-            alpha=draw(st.sampled_from([0.5, 1.0, 2.5])),
-            dense_below=draw(st.integers(1, 64)),
-        )
-    )
+    return compeft_codecs(dense_below=st.integers(1, 64))
 
 
 CODECS = st.one_of(
