@@ -588,8 +588,13 @@ def main(argv: list[str] | None = None) -> None:
         "command": [Path(sys.executable).name, *sys.argv],
         "goal": "fedpeft wall / Flower wall <= 1/3",
         "notes": [
-            "wall: ray.init .. ray.shutdown on both sides (interpreter start and imports "
-            "excluded; process_wall_seconds includes them)",
+            "wall: the whole run_simulation call on both sides; each starts and stops Ray "
+            "itself (interpreter start and imports excluded; process_wall_seconds includes "
+            "them). The synthetic fedpeft app reaches the Ray workers through PYTHONPATH, "
+            "so Ray reuses its pre-started workers (a runtime_env cost ~3 s more here)",
+            "ray.init takes 5-6 s on this machine whoever calls it (a bare ray.init(num_cpus=2) "
+            "measured 5.2 and 6.2 s); ~3 s of it is ray.init waiting for Ray's dashboard API "
+            "server, which it starts even with include_dashboard=False",
             "Flower's ServerApp starts round 1 while Ray and the actors are still starting: "
             "its round 1 holds that start-up, so rounds_total_median compares unlike things; "
             "steady_round_median (rounds >= 2) compares like with like",
