@@ -593,8 +593,9 @@ def main(argv: list[str] | None = None) -> None:
             "them). The synthetic fedpeft app reaches the Ray workers through PYTHONPATH, "
             "so Ray reuses its pre-started workers (a runtime_env cost ~3 s more here)",
             "ray.init takes 5-6 s on this machine whoever calls it (a bare ray.init(num_cpus=2) "
-            "measured 5.2 and 6.2 s); ~3 s of it is ray.init waiting for Ray's dashboard API "
-            "server, which it starts even with include_dashboard=False",
+            "measured 5.2 and 6.2 s); by the process start times (under load) ~3 s pass "
+            "between Ray's dashboard API server starting and the raylet starting: ray.init "
+            "waits for that server, which it starts even with include_dashboard=False",
             "Flower's ServerApp starts round 1 while Ray and the actors are still starting: "
             "its round 1 holds that start-up, so rounds_total_median compares unlike things; "
             "steady_round_median (rounds >= 2) compares like with like",
