@@ -6,6 +6,7 @@ import hashlib
 import os
 import platform
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +45,33 @@ def machine_info() -> dict[str, Any]:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "psutil": psutil.__version__,
     }
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class RunStamp:
+    """Taken when a benchmark starts; :meth:`header` adds how it ended.
+
+    The shared head of every report: name, start and finish time, machine, the measured
+    source before and after (others may edit src/ meanwhile) and the load average.
+    """
+
+    def __init__(self, benchmark: str) -> None:
+        self.benchmark = benchmark
+        self.started = utc_now()
+        self.source_before = source_version()
+        self.load_start = os.getloadavg()
+
+    def header(self, load_end: tuple[float, float, float] | None = None) -> dict[str, Any]:
+        return {
+            "benchmark": self.benchmark,
+            "started": self.started,
+            "finished": utc_now(),
+            "machine": machine_info(),
+            "source_before": self.source_before,
+            "source_after": source_version(),
+            "load_avg_start": self.load_start,
+            "load_avg_end": load_end if load_end is not None else os.getloadavg(),
+        }

@@ -54,7 +54,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +62,7 @@ import psutil
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
-from benchinfo import machine_info, source_version  # noqa: E402
+from benchinfo import RunStamp  # noqa: E402
 
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "fed_scale.json"
 GB = 1e9
@@ -397,9 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print(json.dumps(child_run(args)))
         return
-    started = datetime.now(UTC).isoformat(timespec="seconds")
-    source_before = source_version()
-    load_start = os.getloadavg()
+    stamp = RunStamp("fed_scale")
     results = []
     for backend in args.backends.split(","):
         print(f"[{backend}] load {os.getloadavg()[0]:.2f} …", file=sys.stderr, flush=True)
@@ -407,14 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {json.dumps(headline(result))}", file=sys.stderr, flush=True)
         results.append(result)
     report = {
-        "benchmark": "fed_scale",
-        "started": started,
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "source_before": source_before,
-        "source_after": source_version(),
-        "load_avg_start": load_start,
-        "load_avg_end": os.getloadavg(),
+        **stamp.header(),
         "config": {
             "clients": args.clients,
             "clients_per_round": args.per_round,

@@ -60,7 +60,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +68,7 @@ import numpy as np
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
-from benchinfo import machine_info, source_version  # noqa: E402
+from benchinfo import RunStamp  # noqa: E402
 
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "fed_vs_flower.json"
 FLOWER_SCRIPT = BENCH_DIR / "flower_app" / "simulate.py"
@@ -504,9 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     flower_base = [*flower_cmd, "--num-cpus", str(args.workers)]
     flower_cmd = [*flower_base, "--cpus-per-client", "1"]
 
-    started = datetime.now(UTC).isoformat(timespec="seconds")
-    source_before = source_version()
-    load_start = os.getloadavg()
+    stamp = RunStamp("fed_vs_flower")
     runs: list[dict[str, Any]] = []
     plan: list[tuple[str, list[str]]] = []
     for _ in range(args.repeats):
@@ -564,14 +561,7 @@ def main(argv: list[str] | None = None) -> None:
             ratio = statistics.median(walls(side)) / flower_median
             ratios[f"{side}_wall_median_over_flower"] = ratio
     report = {
-        "benchmark": "fed_vs_flower",
-        "started": started,
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "source_before": source_before,
-        "source_after": source_version(),
-        "load_avg_start": load_start,
-        "load_avg_end": load_end,
+        **stamp.header(load_end),
         "workload": {
             "clients": args.clients,
             "clients_per_round": args.clients,
@@ -615,7 +605,7 @@ def main(argv: list[str] | None = None) -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     plot(runs, args.output.with_suffix(".png"))
-    print(json.dumps({"ratios": ratios, "load": [load_start, load_end]}, indent=2))
+    print(json.dumps({"ratios": ratios, "load": [stamp.load_start, load_end]}, indent=2))
 
 
 if __name__ == "__main__":
