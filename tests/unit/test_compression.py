@@ -416,3 +416,24 @@ def test_error_feedback_state_round_trips(tmp_path) -> None:
         assert res0["s"].shape == () and float(res0["s"]) == 1.5
         res7 = other.residual("phone-7")
         assert res7 is not None and res7["e"].shape == (0, 4)
+
+
+def test_error_feedback_decay_matches_the_simulation_client() -> None:
+    """A device client's ErrorFeedback and the simulated client's encode_update agree."""
+    from fedpeft.client.mods import ModContext, encode_update
+    from fedpeft.coordinator.messages import ClientState
+
+    rng = np.random.default_rng(7)
+    codec = CompeftCodec(CompeftConfig(density=0.1))
+    feedback = ErrorFeedback(decay=0.5)
+    ctx = ModContext(4, 1, 10, ClientState())
+    for _ in range(3):
+        update = {"w": rng.standard_normal((16, 8)).astype(np.float32)}
+        device = feedback.compress(4, update, codec)
+        simulated = encode_update(codec, update, ctx, error_feedback=True, decay=0.5)
+        assert device == simulated
+        assert ctx.state.residual is not None
+        np.testing.assert_array_equal(feedback.residual(4)["w"], ctx.state.residual["w"])
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ConfigError, match="feedback_decay"):
+            ErrorFeedback(decay=bad)

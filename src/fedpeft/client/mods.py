@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from fedpeft.compression import Codec
+from fedpeft.compression.feedback import add_residual, residual_of
 from fedpeft.coordinator.messages import ClientState, Tensors
 from fedpeft.errors import UpdateRejected
 
@@ -68,19 +69,13 @@ def apply_mods(mods: Sequence[UpdateMod], delta: Tensors, ctx: ModContext) -> Te
 def encode_update(
     codec: Codec, delta: Tensors, ctx: ModContext, *, error_feedback: bool, decay: float = 1.0
 ) -> bytes:
-    """Encode ``delta``; with error feedback add the carried residual first and keep
-    what this encoding dropped (``corrected − reconstruction``) for the next round.
-
-    ``decay`` < 1 adds only that fraction of the residual: with partial participation a
-    residual is rounds old when its client returns, computed against a global adapter
-    that has moved on since.
-    """
+    """Encode ``delta``; with error feedback add the carried residual first (``decay`` of
+    it, see :func:`~fedpeft.compression.feedback.add_residual`) and keep what this encoding
+    dropped for the next round. The simulation carries the residual in the client state;
+    a device client keeps it in an :class:`~fedpeft.compression.ErrorFeedback`."""
     if error_feedback and ctx.state.residual is not None:
-        delta = {
-            k: (v + decay * ctx.state.residual[k]).astype(np.float32) for k, v in delta.items()
-        }
+        delta = add_residual(delta, ctx.state.residual, decay)
     payload = codec.encode(delta)
     if error_feedback:
-        recon = codec.reconstruct(delta)
-        ctx.state.residual = {k: (delta[k] - recon[k]).astype(np.float32) for k in delta}
+        ctx.state.residual = residual_of(delta, codec.reconstruct(delta))
     return payload

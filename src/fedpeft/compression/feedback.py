@@ -31,7 +31,7 @@ import numpy as np
 from fedpeft.compression.base import Codec, Tensors, as_float32_tensors
 from fedpeft.errors import ConfigError, UpdateRejected
 
-__all__ = ["ClientId", "ErrorFeedback"]
+__all__ = ["ClientId", "ErrorFeedback", "add_residual", "check_decay", "residual_of"]
 
 ClientId = int | str
 _INT_ID = re.compile(r"-?[0-9]+")
@@ -65,23 +65,47 @@ def _same_layout(
             )
 
 
-class ErrorFeedback:
-    """Per-client residual memory for biased compressors."""
+def add_residual(
+    update: Mapping[str, np.ndarray], residual: Mapping[str, np.ndarray], decay: float = 1.0
+) -> Tensors:
+    """``update + decay · residual`` as float32 (the corrected update that is compressed).
 
-    def __init__(self) -> None:
+    ``decay`` < 1 carries only that fraction: with partial participation a residual is
+    rounds old when its client returns, computed against a global adapter that has moved
+    on since.
+    """
+    return {k: (v + decay * residual[k]).astype(np.float32) for k, v in update.items()}
+
+
+def residual_of(corrected: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray]) -> Tensors:
+    """What compression dropped: ``corrected − sent`` (float32), carried to the next round."""
+    return {k: (v - sent[k]).astype(np.float32) for k, v in corrected.items()}
+
+
+def check_decay(decay: float) -> float:
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay <= 1.0:
+        raise ConfigError("feedback_decay", f"must be in [0, 1], got {decay!r}")
+    return float(decay)
+
+
+class ErrorFeedback:
+    """Per-client residual memory for biased compressors (``decay``: see :func:`add_residual`)."""
+
+    def __init__(self, decay: float = 1.0) -> None:
+        self.decay = check_decay(decay)
         self._residuals: dict[ClientId, Tensors] = {}
 
     # -- the three steps -----------------------------------------------------
 
     def apply(self, client_id: ClientId, update: Mapping[str, np.ndarray]) -> Tensors:
-        """``update + residual`` (float32); just ``update`` for a client with no residual."""
+        """``update + decay · residual`` (float32); just ``update`` for a client with none."""
         _check_client_id(client_id)
         update32 = as_float32_tensors(update)
         residual = self._residuals.get(client_id)
         if residual is None:
             return {name: value.copy() for name, value in update32.items()}
         _same_layout(client_id, update32, residual, "stored residual")
-        return {name: value + residual[name] for name, value in update32.items()}
+        return add_residual(update32, residual, self.decay)
 
     def record(
         self,
@@ -94,7 +118,7 @@ class ErrorFeedback:
         corrected = as_float32_tensors(corrected_update)
         sent = as_float32_tensors(reconstructed)
         _same_layout(client_id, sent, corrected, "corrected update")
-        self._residuals[client_id] = {name: value - sent[name] for name, value in corrected.items()}
+        self._residuals[client_id] = residual_of(corrected, sent)
 
     def compress(
         self, client_id: ClientId, update: Mapping[str, np.ndarray], codec: Codec
