@@ -170,9 +170,8 @@ class CompeftConfig:
             raise ConfigError("alpha", f"must be finite and > 0, got {alpha!r}")
         object.__setattr__(self, "alpha", float(alpha))
         dense_below = self.dense_below
-        if isinstance(dense_below, bool) or not isinstance(dense_below, (int, np.integer)):
-            raise ConfigError("dense_below", f"must be an integer >= 0, got {dense_below!r}")
-        if dense_below < 0:
+        integer = isinstance(dense_below, (int, np.integer)) and not isinstance(dense_below, bool)
+        if not integer or dense_below < 0:
             raise ConfigError("dense_below", f"must be an integer >= 0, got {dense_below!r}")
         object.__setattr__(self, "dense_below", int(dense_below))
 
@@ -307,9 +306,8 @@ class CompeftCodec(Codec):
             negative = flat[kept] < 0
             if dense:  # positions count in the concatenation of *all* tensors
                 in_sparse = np.ones(sum(a.size for a in arrays), dtype=bool)
-                offsets = np.cumsum([0] + [a.size for a in arrays])
-                for t in dense:
-                    in_sparse[offsets[t] : offsets[t + 1]] = False
+                for start, end in _bounds([a.size for a in arrays], dense):
+                    in_sparse[start:end] = False
                 kept = np.flatnonzero(in_sparse)[kept]
             return _Selection(kept, negative, gammas)
         positions: list[np.ndarray] = []
@@ -364,9 +362,8 @@ class CompeftCodec(Codec):
         dense = self._dense_indices(arrays)
         sizes = [a.size for a in arrays]
         flat = _materialize(self._select(arrays, dense), sizes)
-        offsets = np.cumsum([0, *sizes])
-        for t in dense:
-            flat[offsets[t] : offsets[t + 1]] = arrays[t].ravel()
+        for t, (start, end) in zip(dense, _bounds(sizes, dense), strict=True):
+            flat[start:end] = arrays[t].ravel()
         return flat
 
     def _decode_body(self, reader: WireReader, sizes: list[int]) -> np.ndarray:
@@ -388,14 +385,18 @@ class CompeftCodec(Codec):
         )
         flat = _materialize(selection, sizes)
         if sections.flags & _DENSE_FLAG:
-            offsets = np.cumsum([0, *sizes])
             dense = _read_dense_indices(reader, len(sizes))
-            for t in dense:
-                start, end = int(offsets[t]), int(offsets[t + 1])
+            for t, (start, end) in zip(dense, _bounds(sizes, dense), strict=True):
                 if flat[start:end].any():
                     raise CodecError(f"tensor {t} is sent dense but also has kept entries")
                 flat[start:end] = reader.float32_array(end - start, f"dense tensor {t}")
         return flat
+
+
+def _bounds(sizes: list[int], tensors: list[int]) -> list[tuple[int, int]]:
+    """``(start, end)`` of each of ``tensors`` in the concatenation of tensors of ``sizes``."""
+    offsets = np.cumsum([0, *sizes])
+    return [(int(offsets[t]), int(offsets[t + 1])) for t in tensors]
 
 
 def _read_dense_indices(reader: WireReader, n_tensors: int) -> list[int]:
