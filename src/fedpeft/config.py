@@ -196,6 +196,13 @@ class FederationConfig:
     beta2: float = field(default=0.99, metadata=_help("FedAdam/FedYogi second moment"))
     tau: float = field(default=1e-3, metadata=_help("FedAdam/FedYogi adaptivity"))
     proximal_mu: float = field(default=0.0, metadata=_help("FedProx mu (0 = off)"))
+    client_lr_schedule: str = field(
+        default="constant",
+        metadata=_help("client lr across rounds: constant, linear or cosine decay"),
+    )
+    client_lr_final: float = field(
+        default=0.1, metadata=_help("last round's client lr as a fraction of train.lr")
+    )
     min_fit_clients: int = field(
         default=1, metadata=_help("fewest usable updates for a round to count")
     )
@@ -246,6 +253,18 @@ class FederationConfig:
                 raise ConfigError(f"federation.{name}", f"must be in [0, 1), got {value!r}")
         _positive("federation", "tau", self.tau)
         _non_negative("federation", "proximal_mu", self.proximal_mu)
+        _one_of(
+            "federation",
+            "client_lr_schedule",
+            self.client_lr_schedule,
+            ("constant", "linear", "cosine"),
+        )
+        if not (
+            isinstance(self.client_lr_final, (int, float)) and 0.0 <= self.client_lr_final <= 1.0
+        ):
+            raise ConfigError(
+                "federation.client_lr_final", f"must be in [0, 1], got {self.client_lr_final!r}"
+            )
         _one_of("federation", "backend", self.backend, ("inprocess", "ray"))
         _positive("federation", "cpus_per_worker", self.cpus_per_worker)
         _non_negative("federation", "gpus_per_worker", self.gpus_per_worker)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from fedpeft.client.app import LoraClientApp
@@ -31,10 +32,14 @@ def final_state(run: Path) -> dict[str, np.ndarray]:
 
 
 def test_simulation_writes_rounds_and_improves(tmp_path: Path, tiny_text_file: Path) -> None:
-    cfg = tiny_job(tiny_text_file, tmp_path / "run", **{"federation.rounds": 3})
+    cfg = tiny_job(tiny_text_file, tmp_path / "run", **{
+        "federation.rounds": 3, "federation.client_lr_schedule": "linear",
+        "federation.client_lr_final": 0.5})
     summary = run_simulation(cfg)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in lines] == [1, 2, 3]
+    # the round schedule reached the clients: 5e-3 decayed linearly to half
+    assert [r["lr"] for r in lines] == pytest.approx([5e-3, 3.75e-3, 2.5e-3])
     for r in lines:
         assert r["bytes_up"] > 0 and r["bytes_down"] > 0 and "eval_accuracy" in r
     assert summary["rounds"] == 3

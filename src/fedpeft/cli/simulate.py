@@ -44,6 +44,12 @@ def simulate(
         None, "--server-momentum", help="FedAvg server momentum (FedAvgM)"
     ),
     proximal_mu: float | None = typer.Option(None, "--proximal-mu", help="FedProx mu"),
+    client_lr_schedule: str | None = typer.Option(
+        None, "--client-lr-schedule", help="client lr across rounds: constant, linear, cosine"
+    ),
+    client_lr_final: float | None = typer.Option(
+        None, "--client-lr-final", help="last round's client lr / --lr"
+    ),
     epochs: float | None = typer.Option(None, "--local-epochs"),
     local_steps: int | None = typer.Option(None, "--local-steps"),
     lr: float | None = typer.Option(None, "--lr"),
@@ -83,6 +89,8 @@ def simulate(
         "federation.server_lr": server_lr,
         "federation.server_momentum": server_momentum,
         "federation.proximal_mu": proximal_mu,
+        "federation.client_lr_schedule": client_lr_schedule,
+        "federation.client_lr_final": client_lr_final,
         "train.epochs": epochs,
         "train.max_steps": local_steps,
         "train.lr": lr,

@@ -8,6 +8,7 @@ backend, inside each Ray worker, and (later) behind the gRPC client daemon.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any, Protocol
@@ -108,6 +109,8 @@ class LoraClientApp:
             if len(shard) == 0:
                 raise ValueError("empty data shard")
             train_cfg = self.cfg.train
+            if "lr" in task.config:  # the coordinator's round schedule
+                train_cfg = dataclasses.replace(train_cfg, lr=float(task.config["lr"]))
             stats = train_local(
                 self.model,
                 shard,
@@ -138,6 +141,7 @@ class LoraClientApp:
         elapsed = time.perf_counter() - start
         metrics: dict[str, Any] = {
             "train_loss": stats.loss,
+            "lr": self.cfg.train.lr if "lr" not in task.config else float(task.config["lr"]),
             "train_steps": stats.steps,
             "train_seconds": stats.seconds,
             "client_seconds": elapsed,

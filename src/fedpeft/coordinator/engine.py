@@ -85,7 +85,7 @@ class RoundEngine:
         seed: int,
         eval_every: int = 1,
         min_fit_clients: int = 1,
-        client_config: dict[str, Any] | None = None,
+        client_config: dict[str, Any] | Callable[[int], dict[str, Any]] | None = None,
         hooks: EngineHooks | None = None,
     ) -> None:
         self.backend = backend
@@ -99,7 +99,13 @@ class RoundEngine:
         self.seed = seed
         self.eval_every = eval_every
         self.min_fit_clients = min_fit_clients
-        self.client_config = dict(client_config or {})
+        # Fixed settings for every task, or a function of the round (Flower's
+        # on_fit_config_fn), e.g. a round-decayed client learning rate.
+        if callable(client_config):
+            self.client_config: Callable[[int], dict[str, Any]] = client_config
+        else:
+            fixed = dict(client_config or {})
+            self.client_config = lambda _round: dict(fixed)
         self.hooks = hooks or EngineHooks()
         self.state = EngineState()
         self.shapes: dict[str, tuple[int, ...]] = {}
@@ -140,7 +146,10 @@ class RoundEngine:
             version=round_num - 1,
             state=state,
             indices=self.shards[client_id],
-            config={**self.client_config, **self.strategy.configure_train(round_num, [client_id])},
+            config={
+                **self.client_config(round_num),
+                **self.strategy.configure_train(round_num, [client_id]),
+            },
         )
 
     def _full_weights(self, round_num: int) -> bytes:

@@ -19,6 +19,7 @@ from fedpeft.client.app import ClientApp, LoraClientApp, downlink_codec, uplink_
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.engine import EngineHooks, RoundEngine, checkpoint_exists
 from fedpeft.coordinator.sampling import ClientSampler
+from fedpeft.coordinator.schedule import RoundConfig
 from fedpeft.data import ClassificationData, describe, partition
 from fedpeft.errors import ConfigError
 from fedpeft.models import resolve_model_path
@@ -123,7 +124,13 @@ def run_simulation(
             seed=cfg.train.seed,
             eval_every=fed.eval_every,
             min_fit_clients=fed.min_fit_clients,
-            client_config={"proximal_mu": fed.proximal_mu},
+            client_config=RoundConfig(
+                {"proximal_mu": fed.proximal_mu},
+                lr=cfg.train.lr,
+                rounds=fed.rounds,
+                schedule=fed.client_lr_schedule,
+                final=fed.client_lr_final,
+            ),
             hooks=hooks,
         )
         if resume:
