@@ -99,7 +99,7 @@ class SyntheticClientApp:
         return {"w": np.zeros(self.floats, dtype=np.float32)}
 
     def train(self, task: Any) -> Any:
-        from fedpeft.client.app import apply_downlink
+        from fedpeft.client.codecs import apply_downlink
         from fedpeft.coordinator.messages import ClientState, TrainResult
 
         start = time.perf_counter()
@@ -442,6 +442,16 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _has_dashboard_deps(python: str) -> bool | None:
+    """Whether that interpreter has ray[default]'s extras (Ray's full dashboard)."""
+    code = "import importlib.util as u; print(u.find_spec('aiohttp') is not None)"
+    try:
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {"True": True, "False": False}.get(out.stdout.strip())
+
+
 def _depth_chunk(spec: str) -> tuple[int, int]:
     depth, chunk = (int(x) for x in spec.split(","))
     return depth, chunk
@@ -576,16 +586,24 @@ def main(argv: list[str] | None = None) -> None:
             "(fraction_evaluate=0), client_resources num_cpus=1, ray num_cpus=2",
         },
         "command": [Path(sys.executable).name, *sys.argv],
+        "ray_dashboard_deps": {
+            "fedpeft": _has_dashboard_deps(sys.executable),
+            "flower": _has_dashboard_deps(args.flower_python),
+        },
         "goal": "fedpeft wall / Flower wall <= 1/3",
         "notes": [
             "wall: the whole run_simulation call on both sides; each starts and stops Ray "
             "itself (interpreter start and imports excluded; process_wall_seconds includes "
             "them). The synthetic fedpeft app reaches the Ray workers through PYTHONPATH, "
             "so Ray reuses its pre-started workers (a runtime_env cost ~3 s more here)",
-            "ray.init takes 5-6 s on this machine whoever calls it (a bare ray.init(num_cpus=2) "
-            "measured 5.2 and 6.2 s); by the process start times (under load) ~3 s pass "
-            "between Ray's dashboard API server starting and the raylet starting: ray.init "
-            "waits for that server, which it starts even with include_dashboard=False",
+            "ray.init waits for Ray's dashboard process (started even with "
+            "include_dashboard=False) and for the raylet's agents: ~4.3 s here with plain "
+            "`ray` (what fedpeft[sim] and flwr[simulation] install: the dashboard runs "
+            "--minimal), 5.3-6.4 s with ray[default]'s aiohttp/opencensus present (the "
+            "dashboard loads them). ray_dashboard_deps says which each side had",
+            "the synthetic fedpeft app imports only torch-free modules "
+            "(fedpeft.client.codecs); before that commit its first task imported torch "
+            "in every worker (~2 s of round 1)",
             "Flower's ServerApp starts round 1 while Ray and the actors are still starting: "
             "its round 1 holds that start-up, so rounds_total_median compares unlike things; "
             "steady_round_median (rounds >= 2) compares like with like",

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from fedpeft.adapters import load_trainable_state, trainable_state
+from fedpeft.client.codecs import apply_downlink, downlink_codec, uplink_codec
 from fedpeft.client.mods import ModContext, UpdateMod, apply_mods, encode_update, reject_nonfinite
-from fedpeft.compression import FULL_WEIGHTS_CODEC, Codec, make_codec
-from fedpeft.config import CodecSettings, JobConfig
+from fedpeft.config import JobConfig
 from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
 from fedpeft.training.encode import EncodedData, encode
 from fedpeft.training.loop import evaluate, train_local
@@ -36,36 +36,6 @@ class ClientApp(Protocol):
     def train(self, task: TrainTask) -> TrainResult: ...
 
     def evaluate(self, params: Tensors) -> dict[str, float]: ...
-
-
-def uplink_codec(settings: CodecSettings) -> Codec:
-    if settings.name == "compeft":
-        return make_codec(
-            "compeft",
-            density=settings.density,
-            scope=settings.scope,
-            scale=settings.scale,
-            alpha=settings.alpha,
-            dense_below=settings.dense_below,
-        )
-    return make_codec("dense", dtype=settings.dtype)
-
-
-def downlink_codec(settings: CodecSettings) -> Codec:
-    """Deltas of the global adapter; full weights on first contact are always dense fp32."""
-    if settings.downlink == "compeft":
-        return make_codec("compeft", density=settings.density)
-    return make_codec("dense", dtype="fp32")
-
-
-def apply_downlink(codec: Codec, task: TrainTask) -> Tensors:
-    """The global adapter as this client now holds it (shared by client and engine)."""
-    if not task.downlink_is_delta:
-        return FULL_WEIGHTS_CODEC.decode(task.downlink)
-    if task.state.held is None:
-        raise ValueError("a delta downlink needs the adapter the client holds")
-    delta = codec.decode(task.downlink)
-    return {k: (task.state.held[k] + delta[k]).astype(np.float32) for k in task.state.held}
 
 
 def to_numpy(tensors: dict[str, torch.Tensor]) -> Tensors:

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from fedpeft.aggregation import make_strategy
-from fedpeft.client.app import ClientApp, LoraClientApp, downlink_codec, uplink_codec
+from fedpeft.client.app import ClientApp, LoraClientApp
+from fedpeft.client.codecs import downlink_codec, uplink_codec
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.engine import EngineHooks, RoundEngine, checkpoint_exists
 from fedpeft.coordinator.sampling import ClientSampler
