@@ -196,6 +196,10 @@ class FederationConfig:
     beta2: float = field(default=0.99, metadata=_help("FedAdam/FedYogi second moment"))
     tau: float = field(default=1e-3, metadata=_help("FedAdam/FedYogi adaptivity"))
     proximal_mu: float = field(default=0.0, metadata=_help("FedProx mu (0 = off)"))
+    logit_adjustment: float = field(
+        default=0.0,
+        metadata=_help("FedLC: clients train on logits + tau*log(local label prior); 0 = off"),
+    )
     client_lr_schedule: str = field(
         default="constant",
         metadata=_help("client lr across rounds: constant, linear or cosine decay"),
@@ -253,6 +257,7 @@ class FederationConfig:
                 raise ConfigError(f"federation.{name}", f"must be in [0, 1), got {value!r}")
         _positive("federation", "tau", self.tau)
         _non_negative("federation", "proximal_mu", self.proximal_mu)
+        _non_negative("federation", "logit_adjustment", self.logit_adjustment)
         _one_of(
             "federation",
             "client_lr_schedule",

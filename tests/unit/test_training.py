@@ -114,3 +114,39 @@ def test_encode_cache_is_keyed_on_content() -> None:
     enc = encode(_Tok(), other, 8)
     assert enc.labels.tolist() == [0, 1]
     assert enc.input_ids[0].tolist() == [99, 9, 5]  # "terrible film", not "good movie"
+
+
+def _train_tiny(labels: list[int], tau: float) -> _TinyClassifier:
+    from fedpeft.training.loop import train_local
+
+    data = ClassificationData([f"w{i} x{i % 3}" for i in range(len(labels))], labels, ["a", "b"])
+    model = _TinyClassifier()
+    cfg = TrainConfig(max_steps=20, batch_size=8, lr=0.05, warmup_ratio=0.0, seed=1)
+    train_local(model, encode(_Tok(), data, max_length=8), cfg, seed=1, logit_adjustment=tau)
+    return model
+
+
+def test_label_log_prior_is_add_one_smoothed() -> None:
+    from fedpeft.training.loop import label_log_prior
+
+    data = encode(_Tok(), ClassificationData(["a", "b", "c"], [1, 1, 1], ["x", "y", "z"]), 8)
+    model = torch.nn.Linear(1, 1)
+    model.config = type("Cfg", (), {"num_labels": 3})()  # type: ignore[assignment]
+    expected = torch.log(torch.tensor([1 / 6, 4 / 6, 1 / 6]))
+    torch.testing.assert_close(label_log_prior(data, model), expected)
+
+
+def test_logit_adjustment_is_a_no_op_on_balanced_data() -> None:
+    balanced = [i % 2 for i in range(32)]
+    plain, adjusted = _train_tiny(balanced, 0.0), _train_tiny(balanced, 1.0)
+    for p, q in zip(plain.parameters(), adjusted.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_logit_adjustment_stops_pushing_the_local_majority() -> None:
+    skewed = [1] * 28 + [0] * 4
+
+    def majority_margin(model: _TinyClassifier) -> float:
+        return float(model.head.bias[1] - model.head.bias[0])
+
+    assert majority_margin(_train_tiny(skewed, 1.0)) < majority_margin(_train_tiny(skewed, 0.0))

@@ -44,6 +44,9 @@ def simulate(
         None, "--server-momentum", help="FedAvg server momentum (FedAvgM)"
     ),
     proximal_mu: float | None = typer.Option(None, "--proximal-mu", help="FedProx mu"),
+    logit_adjustment: float | None = typer.Option(
+        None, "--logit-adjustment", help="FedLC tau: logits + tau*log(local label prior)"
+    ),
     client_lr_schedule: str | None = typer.Option(
         None, "--client-lr-schedule", help="client lr across rounds: constant, linear, cosine"
     ),
@@ -89,6 +92,7 @@ def simulate(
         "federation.server_lr": server_lr,
         "federation.server_momentum": server_momentum,
         "federation.proximal_mu": proximal_mu,
+        "federation.logit_adjustment": logit_adjustment,
         "federation.client_lr_schedule": client_lr_schedule,
         "federation.client_lr_final": client_lr_final,
         "train.epochs": epochs,

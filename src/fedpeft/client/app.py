@@ -87,6 +87,7 @@ class LoraClientApp:
                 train_cfg,
                 seed=task.seed,
                 proximal_mu=float(task.config.get("proximal_mu", 0.0)),
+                logit_adjustment=float(task.config.get("logit_adjustment", 0.0)),
             )
             local = to_numpy(trainable_state(self.model))
             delta = {k: (local[k] - held[k]).astype(np.float32) for k in held}

@@ -126,7 +126,7 @@ def run_simulation(
             eval_every=fed.eval_every,
             min_fit_clients=fed.min_fit_clients,
             client_config=RoundConfig(
-                {"proximal_mu": fed.proximal_mu},
+                {"proximal_mu": fed.proximal_mu, "logit_adjustment": fed.logit_adjustment},
                 lr=cfg.train.lr,
                 rounds=fed.rounds,
                 schedule=fed.client_lr_schedule,

@@ -49,6 +49,16 @@ def lr_lambda(total: int, cfg: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+def label_log_prior(data: EncodedData, model: torch.nn.Module) -> torch.Tensor:
+    """log π of the labels in ``data`` over the model's classes, add-one smoothed."""
+    if data.labels is None:
+        raise ValueError("a label prior needs classification data")
+    config = getattr(model, "config", None)
+    classes = int(getattr(config, "num_labels", 0)) or int(data.labels.max()) + 1
+    counts = torch.bincount(data.labels, minlength=classes).double()
+    return torch.log((counts + 1.0) / (counts.sum() + classes)).float()
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -60,6 +70,7 @@ def train_local(
     *,
     seed: int,
     proximal_mu: float = 0.0,
+    logit_adjustment: float = 0.0,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> TrainStats:
     """Train the trainable parameters of ``model`` on ``data``; returns what was done.
@@ -67,6 +78,11 @@ def train_local(
     ``on_step(step, total, loss)`` is called after each optimizer step (progress bars).
     With ``proximal_mu > 0`` the FedProx term μ/2·||w − w_start||² keeps the adapter
     near the one it started from (the global adapter, in federation).
+    With ``logit_adjustment = τ > 0`` (classification) the loss is the cross-entropy of
+    ``logits + τ·log π``, π being the label distribution of ``data`` (Laplace-smoothed):
+    the logit-adjusted loss of Menon et al. 2021 that FedLC (Zhang et al. 2022) uses
+    against label-skewed clients; a client then stops pushing its own majority class.
+    Evaluation uses the plain logits.
     """
     start = time.perf_counter()
     torch.manual_seed(seed)  # dropout
@@ -76,6 +92,11 @@ def train_local(
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = planned_steps(len(data), cfg)
+    log_prior = (
+        label_log_prior(data, model).to(device)
+        if logit_adjustment > 0 and data.labels is not None
+        else None
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, cfg))
 
     model.train()
@@ -84,7 +105,12 @@ def train_local(
     while step < total:
         for batch in data.batches(cfg.batch_size, generator=generator):
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss  # forward + loss: most of the time goes here
+            if log_prior is None:
+                loss = model(**batch).loss  # forward + loss: most of the time goes here
+            else:
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                logits = model(**inputs).logits + logit_adjustment * log_prior
+                loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
                 loss = loss + 0.5 * proximal_mu * prox
