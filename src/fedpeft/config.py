@@ -192,6 +192,10 @@ class FederationConfig:
     server_momentum: float = field(
         default=0.0, metadata=_help("FedAvg server momentum (FedAvgM; 0 = plain FedAvg)")
     )
+    server_ema: float = field(
+        default=0.0,
+        metadata=_help("EMA decay of the global adapter; evaluated and exported (0 = off)"),
+    )
     beta1: float = field(default=0.9, metadata=_help("FedAdam/FedYogi first moment"))
     beta2: float = field(default=0.99, metadata=_help("FedAdam/FedYogi second moment"))
     tau: float = field(default=1e-3, metadata=_help("FedAdam/FedYogi adaptivity"))
@@ -250,6 +254,10 @@ class FederationConfig:
         if not (0.0 <= self.server_momentum < 1.0):
             raise ConfigError(
                 "federation.server_momentum", f"must be in [0, 1), got {self.server_momentum!r}"
+            )
+        if not (isinstance(self.server_ema, (int, float)) and 0.0 <= self.server_ema < 1.0):
+            raise ConfigError(
+                "federation.server_ema", f"must be in [0, 1), got {self.server_ema!r}"
             )
         for name in ("beta1", "beta2"):
             value = getattr(self, name)

@@ -43,6 +43,9 @@ def simulate(
     server_momentum: float | None = typer.Option(
         None, "--server-momentum", help="FedAvg server momentum (FedAvgM)"
     ),
+    server_ema: float | None = typer.Option(
+        None, "--server-ema", help="EMA decay of the global adapter (evaluated, exported)"
+    ),
     proximal_mu: float | None = typer.Option(None, "--proximal-mu", help="FedProx mu"),
     logit_adjustment: float | None = typer.Option(
         None, "--logit-adjustment", help="FedLC tau: logits + tau*log(local label prior)"
@@ -91,6 +94,7 @@ def simulate(
         "federation.strategy": strategy,
         "federation.server_lr": server_lr,
         "federation.server_momentum": server_momentum,
+        "federation.server_ema": server_ema,
         "federation.proximal_mu": proximal_mu,
         "federation.logit_adjustment": logit_adjustment,
         "federation.client_lr_schedule": client_lr_schedule,

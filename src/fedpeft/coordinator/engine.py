@@ -68,6 +68,7 @@ class EngineState:
     clients: dict[int, ClientState] = field(default_factory=dict)
     bytes_up_total: int = 0
     bytes_down_total: int = 0
+    ema: Tensors | None = None  # server EMA of the global adapter (when enabled)
 
 
 class RoundEngine:
@@ -85,6 +86,7 @@ class RoundEngine:
         seed: int,
         eval_every: int = 1,
         min_fit_clients: int = 1,
+        ema_decay: float = 0.0,
         client_config: dict[str, Any] | Callable[[int], dict[str, Any]] | None = None,
         hooks: EngineHooks | None = None,
     ) -> None:
@@ -99,6 +101,9 @@ class RoundEngine:
         self.seed = seed
         self.eval_every = eval_every
         self.min_fit_clients = min_fit_clients
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        self.ema_decay = ema_decay
         # Fixed settings for every task, or a function of the round (Flower's
         # on_fit_config_fn), e.g. a round-decayed client learning rate.
         if callable(client_config):
@@ -209,6 +214,7 @@ class RoundEngine:
             record["rejected"] = {str(k): v for k, v in rejected.items()}
         if len(updates) >= self.min_fit_clients:
             self.state.params = self.strategy.aggregate_train(round_num, self.state.params, updates)
+            self._update_ema()
             record.update(weighted_metrics(updates))
         else:
             record["round_failed"] = (
@@ -220,7 +226,7 @@ class RoundEngine:
         self.state.bytes_up_total += bytes_up
         self.state.bytes_down_total += bytes_down
         if self.strategy.configure_evaluate(round_num, self.eval_every, self.rounds):
-            metrics = self.backend.evaluate(self.state.params)
+            metrics = self.backend.evaluate(self.output_params)
             record.update(self.strategy.aggregate_evaluate(round_num, metrics))
         record["bytes_up_total"] = self.state.bytes_up_total
         record["bytes_down_total"] = self.state.bytes_down_total
@@ -230,6 +236,27 @@ class RoundEngine:
         if self.hooks.on_round_end:
             self.hooks.on_round_end(record)
         return record
+
+    @property
+    def output_params(self) -> Tensors:
+        """What is evaluated and exported: the server EMA when enabled, else the global."""
+        if self.ema_decay > 0 and self.state.ema is not None:
+            return self.state.ema
+        return self.state.params
+
+    def _update_ema(self) -> None:
+        """Polyak/EMA averaging of the global adapter over rounds (training never sees
+        it): started at the first aggregated adapter, then ema ← d·ema + (1 − d)·θ."""
+        if self.ema_decay <= 0:
+            return
+        params, d = self.state.params, self.ema_decay
+        if self.state.ema is None:
+            self.state.ema = {k: v.copy() for k, v in params.items()}
+            return
+        self.state.ema = {
+            k: (d * self.state.ema[k].astype(np.float64) + (1 - d) * params[k]).astype(np.float32)
+            for k in params
+        }
 
     def run(self) -> list[dict[str, Any]]:
         records = []
@@ -248,6 +275,8 @@ class RoundEngine:
         tmp.mkdir(parents=True)
         save_file(_contiguous(self.state.params), str(tmp / "global.safetensors"))
         save_file(_contiguous(self.strategy.state_dict()), str(tmp / "strategy.safetensors"))
+        if self.state.ema is not None:
+            save_file(_contiguous(self.state.ema), str(tmp / "ema.safetensors"))
         client_tensors: dict[str, np.ndarray] = {}
         versions: dict[str, int] = {}
         for cid, cs in self.state.clients.items():
@@ -297,9 +326,11 @@ class RoundEngine:
             else:
                 cs.residual = cs.residual or {}
                 cs.residual[name] = value
+        ema_file = folder / "ema.safetensors"
         self.state = EngineState(
             round=int(meta["round"]),
             params=params,
+            ema=dict(load_file(str(ema_file))) if ema_file.is_file() else None,
             clients=clients,
             bytes_up_total=int(meta["bytes_up_total"]),
             bytes_down_total=int(meta["bytes_down_total"]),

@@ -125,6 +125,7 @@ def run_simulation(
             seed=cfg.train.seed,
             eval_every=fed.eval_every,
             min_fit_clients=fed.min_fit_clients,
+            ema_decay=fed.server_ema,
             client_config=RoundConfig(
                 {"proximal_mu": fed.proximal_mu, "logit_adjustment": fed.logit_adjustment},
                 lr=cfg.train.lr,
@@ -142,7 +143,7 @@ def run_simulation(
             # kept beside the checkpoint so a resumed run still reports round 0
             atomic_write_bytes(run.path / "summary.json", json.dumps(initial).encode())
         engine.run()
-        final_params = engine.state.params
+        final_params = engine.output_params
     except BaseException:
         backend.shutdown()
         raise
