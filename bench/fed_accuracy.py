@@ -33,6 +33,13 @@ run separately) and plotted to ``bench/results/fed_accuracy.png``: accuracy vs r
 changes a hyper-parameter of *every* run of the invocation; those runs are stored under
 ``name[key=value]`` and never replace the baseline runs.
 
+Result files: ``fed_accuracy.json`` (the first runs: client lr 1e-3 linear, pooler
+trained), ``fed_accuracy_sweep.json`` (lr / schedule / server-optimizer sweep),
+``fed_accuracy_head.json`` (PEFT's classifier-only head, this file's base config),
+``fed_accuracy_20r.json`` (20 rounds), ``fed_accuracy_sched.json`` (round lr schedule)
+and ``fed_accuracy_default_head.json`` (the package's BERT head, classifier + pooler, set
+with ``--set lora.modules_to_save=[...]``: client options, seeds, ComPEFT at that head).
+
 Timing: torch defaults to one thread per core; on a small machine shared with other jobs
 two threads were ~7x slower than one here (spin-waiting OpenMP threads), so
 ``--threads`` defaults to 1.
