@@ -349,7 +349,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.set_size_inches(13, 6.5 + 0.22 * rows)
     fig.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, min(0.6, 0.22 * rows / (6.5 + 0.22 * rows) + 0.02), 1, 1))
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # long run names stay readable
     plt.close(fig)
 
 
