@@ -127,7 +127,7 @@ def base_config(args: argparse.Namespace, output: Path) -> JobConfig:
 
 
 def federated_examples(cfg: JobConfig) -> tuple[int, list[int]]:
-    """Examples the federation trains on: Σ over rounds of the sampled shards' sizes."""
+    """Examples the federation trains on: Σ over rounds of the sampled shards' sizes × epochs."""
     shards, _ = make_shards(cfg)
     fed = cfg.federation
     sampler = ClientSampler(fed.clients, fed.clients_per_round, fed.sampling, cfg.train.seed)
@@ -135,9 +135,10 @@ def federated_examples(cfg: JobConfig) -> tuple[int, list[int]]:
         int(sum(len(shards[c]) for c in sampler.sample(r))) for r in range(1, fed.rounds + 1)
     ]
     epochs = cfg.train.epochs
-    if cfg.train.max_steps is not None or epochs != 1.0:
-        # only one local pass over each shard makes "examples seen" the shard size
-        raise SystemExit("examples-seen matching assumes train.epochs = 1 and no max_steps")
+    if cfg.train.max_steps is not None or epochs != int(epochs):
+        # whole local passes over each shard make "examples seen" epochs x the shard size
+        raise SystemExit("examples-seen matching needs a whole train.epochs and no max_steps")
+    per_round = [int(epochs) * n for n in per_round]
     return sum(per_round), per_round
 
 
