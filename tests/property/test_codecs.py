@@ -8,7 +8,7 @@ import zlib
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from fedpeft.compression import (
@@ -271,6 +271,13 @@ def test_random_bytes_raise_codec_error(junk, with_magic, codec) -> None:
 
 @SETTINGS
 @given(data=encoded_messages(), where=st.integers(0, 10**6), value=st.integers(0, 255))
+# found by CI: a one-entry tensor sent exactly (compeft dense section), forged 1.0 -> +Inf
+@example(
+    data=b"FPC1\x01\x02,\x00\x00\x00\x00\x00\x00\x00\x00\n\x01\x070\xc2\x80\xf0\x90"
+    b"\x80\x80\x00\x08\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x80?\x92\xe0\xc0\xd1",
+    where=25,
+    value=127,
+)
 def test_forged_body_with_valid_checksum_never_leaks_other_errors(data, where, value) -> None:
     """An attacker can fix the CRC; decoding must still fail cleanly or stay well-formed."""
     body_start = 14

@@ -149,9 +149,12 @@ class WireReader:
         raise CodecError(f"{what}: varint longer than 10 bytes")
 
     def float32_array(self, count: int, what: str) -> np.ndarray:
-        """``count`` little-endian float32 values (a writable copy)."""
+        """``count`` little-endian float32 values (a writable copy); NaN/Inf is an error."""
         raw = self.take(4 * count, what)
-        return np.frombuffer(raw, dtype="<f4", count=count).astype(np.float32)
+        values = np.frombuffer(raw, dtype="<f4", count=count).astype(np.float32)
+        if not np.isfinite(values).all():
+            raise CodecError(f"{what}: NaN or Inf on the wire")
+        return values
 
     def rest(self) -> memoryview:
         """Everything not read yet."""
