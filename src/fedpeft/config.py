@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fedpeft.coordinator.schedule import ROUND_SCHEDULES
 from fedpeft.errors import ConfigError
 
 T = TypeVar("T")
@@ -48,6 +49,14 @@ def _positive(section: str, name: str, value: float) -> None:
 def _non_negative(section: str, name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
         raise ConfigError(f"{section}.{name}", f"must be >= 0, got {value!r}")
+
+
+def _fraction(section: str, name: str, value: float, *, one_allowed: bool = False) -> None:
+    """``value`` in [0, 1) — or [0, 1] with ``one_allowed``."""
+    numeric = isinstance(value, (int, float))
+    if not (numeric and value >= 0.0 and (value <= 1.0 if one_allowed else value < 1.0)):
+        interval = "[0, 1]" if one_allowed else "[0, 1)"
+        raise ConfigError(f"{section}.{name}", f"must be in {interval}, got {value!r}")
 
 
 def _one_of(section: str, name: str, value: str, allowed: typing.Iterable[str]) -> None:
@@ -97,8 +106,7 @@ class LoraSettings:
         if not isinstance(self.r, int) or self.r <= 0:
             raise ConfigError("lora.r", f"must be a positive integer, got {self.r!r}")
         _positive("lora", "alpha", self.alpha)
-        if not (0.0 <= self.dropout < 1.0):
-            raise ConfigError("lora.dropout", f"must be in [0, 1), got {self.dropout!r}")
+        _fraction("lora", "dropout", self.dropout)
 
 
 @dataclass
@@ -165,8 +173,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}", f"must be a positive integer, got {value!r}")
         _positive("train", "lr", self.lr)
         _non_negative("train", "weight_decay", self.weight_decay)
-        if not (0.0 <= self.warmup_ratio < 1.0):
-            raise ConfigError("train.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio!r}")
+        _fraction("train", "warmup_ratio", self.warmup_ratio)
         _one_of("train", "schedule", self.schedule, ("linear", "constant"))
         if self.max_grad_norm is not None:
             _positive("train", "max_grad_norm", self.max_grad_norm)
@@ -251,33 +258,13 @@ class FederationConfig:
         _positive("federation", "alpha", self.alpha)
         _one_of("federation", "strategy", self.strategy, ("fedavg", "fedadam", "fedyogi"))
         _positive("federation", "server_lr", self.server_lr)
-        if not (0.0 <= self.server_momentum < 1.0):
-            raise ConfigError(
-                "federation.server_momentum", f"must be in [0, 1), got {self.server_momentum!r}"
-            )
-        if not (isinstance(self.server_ema, (int, float)) and 0.0 <= self.server_ema < 1.0):
-            raise ConfigError(
-                "federation.server_ema", f"must be in [0, 1), got {self.server_ema!r}"
-            )
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if not (0.0 <= value < 1.0):
-                raise ConfigError(f"federation.{name}", f"must be in [0, 1), got {value!r}")
+        for name in ("server_momentum", "server_ema", "beta1", "beta2"):
+            _fraction("federation", name, getattr(self, name))
         _positive("federation", "tau", self.tau)
         _non_negative("federation", "proximal_mu", self.proximal_mu)
         _non_negative("federation", "logit_adjustment", self.logit_adjustment)
-        _one_of(
-            "federation",
-            "client_lr_schedule",
-            self.client_lr_schedule,
-            ("constant", "linear", "cosine"),
-        )
-        if not (
-            isinstance(self.client_lr_final, (int, float)) and 0.0 <= self.client_lr_final <= 1.0
-        ):
-            raise ConfigError(
-                "federation.client_lr_final", f"must be in [0, 1], got {self.client_lr_final!r}"
-            )
+        _one_of("federation", "client_lr_schedule", self.client_lr_schedule, ROUND_SCHEDULES)
+        _fraction("federation", "client_lr_final", self.client_lr_final, one_allowed=True)
         _one_of("federation", "backend", self.backend, ("inprocess", "ray"))
         _positive("federation", "cpus_per_worker", self.cpus_per_worker)
         _non_negative("federation", "gpus_per_worker", self.gpus_per_worker)
@@ -318,11 +305,7 @@ class CodecSettings:
         _one_of("codec", "scope", self.scope, ("per_tensor", "global"))
         _one_of("codec", "scale", self.scale, ("mean_abs", "alpha_std"))
         _positive("codec", "alpha", self.alpha)
-        decay = self.feedback_decay
-        if not (isinstance(decay, (int, float)) and 0.0 <= decay <= 1.0):
-            raise ConfigError(
-                "codec.feedback_decay", f"must be in [0, 1], got {self.feedback_decay!r}"
-            )
+        _fraction("codec", "feedback_decay", self.feedback_decay, one_allowed=True)
         if not isinstance(self.dense_below, int) or self.dense_below < 0:
             raise ConfigError(
                 "codec.dense_below", f"must be an integer >= 0, got {self.dense_below!r}"

@@ -112,7 +112,7 @@ class LoraClientApp:
         elapsed = time.perf_counter() - start
         metrics: dict[str, Any] = {
             "train_loss": stats.loss,
-            "lr": self.cfg.train.lr if "lr" not in task.config else float(task.config["lr"]),
+            "lr": train_cfg.lr,
             "train_steps": stats.steps,
             "train_seconds": stats.seconds,
             "client_seconds": elapsed,
