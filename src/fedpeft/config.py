@@ -34,6 +34,11 @@ from typing import Any, TypeVar
 from fedpeft.coordinator.schedule import ROUND_SCHEDULES
 from fedpeft.errors import ConfigError
 
+#: Local optimizers of ``train.optimizer``. FedAvg with SGD clients is the algorithm of
+#: McMahan et al. 2017 and FedOpt's client side (Reddi et al. 2021); AdamW is what
+#: centralized PEFT fine-tuning uses.
+OPTIMIZERS = ("adamw", "sgd")
+
 T = TypeVar("T")
 
 
@@ -148,8 +153,12 @@ class TrainConfig:
     )
     batch_size: int = field(default=16, metadata=_help("examples per optimizer micro-batch"))
     grad_accum: int = field(default=1, metadata=_help("micro-batches per optimizer step"))
-    lr: float = field(default=1e-3, metadata=_help("AdamW peak learning rate"))
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
+    optimizer: str = field(
+        default="adamw", metadata=_help("local optimizer: adamw or sgd (with momentum)")
+    )
+    lr: float = field(default=1e-3, metadata=_help("peak learning rate"))
+    momentum: float = field(default=0.9, metadata=_help("SGD momentum (optimizer = sgd)"))
+    weight_decay: float = field(default=0.0, metadata=_help("weight decay (decoupled for AdamW)"))
     warmup_ratio: float = field(default=0.06, metadata=_help("fraction of steps of linear warm-up"))
     schedule: str = field(
         default="linear", metadata=_help("decay after warm-up: linear or constant")
@@ -171,7 +180,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"train.{name}", f"must be a positive integer, got {value!r}")
+        _one_of("train", "optimizer", self.optimizer, OPTIMIZERS)
         _positive("train", "lr", self.lr)
+        _fraction("train", "momentum", self.momentum)
         _non_negative("train", "weight_decay", self.weight_decay)
         _fraction("train", "warmup_ratio", self.warmup_ratio)
         _one_of("train", "schedule", self.schedule, ("linear", "constant"))

@@ -16,6 +16,8 @@ BAD = [
     ({"train.lr": -1.0}, "train.lr"),
     ({"train.batch_size": 0}, "train.batch_size"),
     ({"train.schedule": "cosine"}, "train.schedule"),
+    ({"train.optimizer": "lamb"}, "train.optimizer"),
+    ({"train.momentum": 1.0}, "train.momentum"),
     ({"federation.clients": 10, "federation.clients_per_round": 20},
      "federation.clients_per_round"),
     ({"federation.strategy": "fedsgd"}, "federation.strategy"),

@@ -107,6 +107,38 @@ def test_fedprox_term_keeps_weights_near_start() -> None:
     assert _drift(mu=10.0) < 0.5 * _drift(mu=0.0)
 
 
+def test_sgd_client_takes_the_plain_gradient_step() -> None:
+    """optimizer=sgd, momentum 0: one step moves every weight by exactly −lr·∇L."""
+    from fedpeft.training.loop import train_local
+
+    data = ClassificationData(["good movie", "bad film", "great", "awful"], [1, 0, 1, 0],
+                              ["n", "p"])
+    enc = encode(_Tok(), data, max_length=8)
+    model = _TinyClassifier()
+    batch = next(iter(enc.batches(4, generator=torch.Generator().manual_seed(0))))
+    model.zero_grad()
+    model(**batch).loss.backward()
+    expected = [(p - 0.3 * p.grad).detach().clone() for p in model.parameters()]
+    cfg = TrainConfig(optimizer="sgd", momentum=0.0, lr=0.3, max_steps=1, batch_size=4,
+                      warmup_ratio=0.0, schedule="constant", max_grad_norm=None)
+    train_local(model, enc, cfg, seed=0)
+    for p, e in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(p, e)
+
+
+def test_sgd_momentum_carries_over_steps() -> None:
+    from fedpeft.training.loop import make_optimizer
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    opt = make_optimizer([weight], TrainConfig(optimizer="sgd", momentum=0.5, lr=1.0))
+    assert isinstance(opt, torch.optim.SGD)
+    for _ in range(2):
+        weight.grad = torch.ones(1)
+        opt.step()
+    assert float(weight) == -(1.0 + 1.5)  # buffers 1, then 0.5·1 + 1
+    assert isinstance(make_optimizer([weight], TrainConfig()), torch.optim.AdamW)
+
+
 def test_encode_cache_is_keyed_on_content() -> None:
     first = encode(_Tok(), ClassificationData(["good movie", "bad"], [1, 0], ["n", "p"]), 8)
     del first

@@ -63,6 +63,15 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The local optimizer of ``cfg.optimizer``, fresh (no state carried between calls)."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def train_local(
     model: torch.nn.Module,
     data: EncodedData,
@@ -90,7 +99,7 @@ def train_local(
     device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params, cfg)
     total = planned_steps(len(data), cfg)
     log_prior = (
         label_log_prior(data, model).to(device)
@@ -100,6 +109,7 @@ def train_local(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, cfg))
 
     model.train()
+    optimizer.zero_grad(set_to_none=True)  # gradients left on the model are not ours to add
     step = micro = examples = 0
     loss_sum = 0.0
     while step < total:
