@@ -383,8 +383,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--workdir",
         type=Path,
         default=Path("/tmp/fedpeft-bench-fed-accuracy"),
-        help="run folders (deleted after each run)",
+        help="run folders (deleted after each run unless --keep-runs)",
     )
+    parser.add_argument("--keep-runs", action="store_true", help="keep the run folders")
     args = parser.parse_args(argv)
     args.runs = [r for r in args.runs.split(",") if r]
     unknown = sorted(set(args.runs) - set(RUN_NAMES))
@@ -439,7 +440,8 @@ def main(argv: list[str] | None = None) -> None:
                 else run_federated(name, args, workdir)
             )
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            if not args.keep_runs:
+                shutil.rmtree(workdir, ignore_errors=True)
         result["overrides"] = args.overrides
         result["command"] = " ".join([sys.executable, *sys.argv])
         report = load_report(args.output)  # merge with whatever finished meanwhile

@@ -8,7 +8,8 @@ Layout::
       meta.json                task, label names, backbone path
       adapter_state.safetensors  the final adapter as named tensors
       adapter/                 the final adapter in PEFT format (PeftModel.from_pretrained)
-      checkpoints/round_0003/  state.safetensors + server.json (simulation)
+      checkpoint/              the last completed round (simulation; --resume reads it):
+                               global / strategy / ema / clients .safetensors, engine.json
       curves.png               accuracy and loss vs round (simulation)
 
 Every file is written to a temporary name and renamed, so a crash never leaves a
