@@ -154,6 +154,11 @@ def run_federated(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
         for line in (Path(cfg.output) / "metrics.jsonl").read_text().splitlines()
         if line.strip()
     ]
+    calibration = {
+        k: v
+        for k, v in records[-1].items()
+        if k.startswith(("uncalibrated_eval_", "calibration_"))
+    }
     curve = [{"round": 0, "eval_accuracy": summary["initial_eval_accuracy"], "bytes_up_total": 0}]
     curve += [
         {
@@ -176,6 +181,7 @@ def run_federated(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
         "final_eval_accuracy": summary["final_eval_accuracy"],
         "final_eval_macro_f1": summary.get("final_eval_macro_f1"),
         "final_eval_loss": summary.get("final_eval_loss"),
+        **({"calibration": calibration} if calibration else {}),
         "bytes_up": summary["bytes_up"],
         "bytes_down": summary["bytes_down"],
         "bytes_up_per_client_update": summary["bytes_up"] / (10 * cfg.federation.rounds),
@@ -197,6 +203,7 @@ def run_federated(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
             "server_momentum": cfg.federation.server_momentum,
             "strategy": cfg.federation.strategy,
             "modules_to_save": cfg.lora.modules_to_save,
+            "calibration": cfg.federation.calibration,
         },
         "finished": now(),
     }

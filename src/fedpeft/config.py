@@ -229,6 +229,16 @@ class FederationConfig:
     client_lr_final: float = field(
         default=0.1, metadata=_help("last round's client lr as a fraction of train.lr")
     )
+    calibration: str = field(
+        default="none",
+        metadata=_help(
+            "after the last round: none, or ccvr (retrain the output layer on "
+            "virtual features from clients' per-class feature statistics)"
+        ),
+    )
+    calibration_clients: int = field(
+        default=0, metadata=_help("clients that report feature statistics (0 = all)")
+    )
     min_fit_clients: int = field(
         default=1, metadata=_help("fewest usable updates for a round to count")
     )
@@ -276,6 +286,15 @@ class FederationConfig:
         _non_negative("federation", "logit_adjustment", self.logit_adjustment)
         _one_of("federation", "client_lr_schedule", self.client_lr_schedule, ROUND_SCHEDULES)
         _fraction("federation", "client_lr_final", self.client_lr_final, one_allowed=True)
+        _one_of("federation", "calibration", self.calibration, ("none", "ccvr"))
+        if not isinstance(self.calibration_clients, int) or not (
+            0 <= self.calibration_clients <= self.clients
+        ):
+            raise ConfigError(
+                "federation.calibration_clients",
+                f"must be an integer in [0, clients={self.clients}], got "
+                f"{self.calibration_clients!r}",
+            )
         _one_of("federation", "backend", self.backend, ("inprocess", "ray"))
         _positive("federation", "cpus_per_worker", self.cpus_per_worker)
         _non_negative("federation", "gpus_per_worker", self.gpus_per_worker)

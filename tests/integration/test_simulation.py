@@ -111,3 +111,33 @@ def test_compressed_uplink_and_delta_downlink(tmp_path: Path, tiny_text_file: Pa
 
     clients = load(str(tmp_path / "run" / "checkpoint" / "clients.safetensors"))
     assert any("/residual/" in k for k in clients) and any("/held/" in k for k in clients)
+
+
+def test_ccvr_calibrates_minilm_classifier(tmp_path: Path, tiny_text_file: Path) -> None:
+    """CCVR with the real model: clients report statistics of the features entering the
+    PEFT copy of BERT's classifier; only that layer changes; the PEFT export carries it."""
+    cfg = tiny_job(tiny_text_file, tmp_path / "run", **{
+        "federation.rounds": 1, "federation.calibration": "ccvr",
+        "federation.calibration_clients": 4})
+    run_simulation(cfg)
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["calibration_clients"] == 4
+    assert "uncalibrated_eval_accuracy" in record and "eval_accuracy" in record
+    # 2 classes x (1 + 384 + 384*385/2) float32 values per client, plus the frame
+    assert record["calibration_bytes_up"] >= 4 * 2 * (1 + 384 + 384 * 385 // 2) * 4
+    trained = dict(load_file(str(tmp_path / "run" / "checkpoint" / "global.safetensors")))
+    exported = final_state(tmp_path / "run")
+    changed = sorted(k for k in trained if not np.array_equal(trained[k], exported[k]))
+    assert changed == [
+        "base_model.model.classifier.modules_to_save.default.bias",
+        "base_model.model.classifier.modules_to_save.default.weight",
+    ]
+    from safetensors.torch import load_file as load_torch  # the standard PEFT folder
+
+    peft_file = tmp_path / "run" / "adapter" / "adapter_model.safetensors"
+    weights = load_torch(str(peft_file))
+    key = next(k for k in weights if k.endswith("classifier.modules_to_save.default.weight")
+               or k.endswith("classifier.weight"))
+    np.testing.assert_allclose(
+        weights[key].numpy(),
+        exported["base_model.model.classifier.modules_to_save.default.weight"])

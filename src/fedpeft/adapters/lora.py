@@ -48,6 +48,29 @@ def build_lora_model(base: Any, settings: LoraSettings, task: Task) -> Any:
     return get_peft_model(base, config)
 
 
+def find_output_layer(model: Any) -> tuple[str, torch.nn.Linear]:
+    """The trainable linear layer that produces the class logits, and its module name.
+
+    ``ArchSpec.output_layer`` names it in the backbone (``classifier``, ``score``,
+    ``classifier.out_proj``); under peft it is the active ``modules_to_save`` copy, whose
+    name prefixes the adapter's ``weight``/``bias`` keys.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    want = arch_spec(base.config.model_type).output_layer
+    for name, module in model.named_modules():
+        plain = name.replace(".modules_to_save.default", "")
+        if (
+            isinstance(module, torch.nn.Linear)
+            and (plain == want or plain.endswith("." + want))
+            and module.weight.requires_grad
+        ):
+            return name, module
+    raise ValueError(
+        f"no trainable output layer `{want}` in the adapter: classifier calibration needs "
+        "it in lora.modules_to_save"
+    )
+
+
 def trainable_state(model: torch.nn.Module) -> Tensors:
     """The adapter as named tensors: detached CPU float32 copies of the trainable parameters."""
     return {

@@ -47,6 +47,9 @@ def simulate(
         None, "--server-ema", help="EMA decay of the global adapter (evaluated, exported)"
     ),
     proximal_mu: float | None = typer.Option(None, "--proximal-mu", help="FedProx mu"),
+    calibration: str | None = typer.Option(
+        None, "--calibration", help="after the last round: none or ccvr (classifier calibration)"
+    ),
     logit_adjustment: float | None = typer.Option(
         None, "--logit-adjustment", help="FedLC tau: logits + tau*log(local label prior)"
     ),
@@ -97,6 +100,7 @@ def simulate(
         "federation.server_lr": server_lr,
         "federation.server_momentum": server_momentum,
         "federation.server_ema": server_ema,
+        "federation.calibration": calibration,
         "federation.proximal_mu": proximal_mu,
         "federation.logit_adjustment": logit_adjustment,
         "federation.client_lr_schedule": client_lr_schedule,

@@ -17,12 +17,15 @@ import numpy as np
 import torch
 
 from fedpeft.adapters import load_trainable_state, trainable_state
+from fedpeft.adapters.lora import find_output_layer
+from fedpeft.aggregation.calibration import feature_stats
 from fedpeft.client.codecs import apply_downlink, downlink_codec, uplink_codec
 from fedpeft.client.mods import ModContext, UpdateMod, apply_mods, encode_update, reject_nonfinite
+from fedpeft.compression import FULL_WEIGHTS_CODEC
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
 from fedpeft.training.encode import EncodedData, encode
-from fedpeft.training.loop import evaluate, train_local
+from fedpeft.training.loop import evaluate, model_device, train_local
 from fedpeft.training.setup import build_adapted_model, load_job_data, set_threads
 
 log = logging.getLogger(__name__)
@@ -69,15 +72,13 @@ class LoraClientApp:
         return {k: v.copy() for k, v in self.initial.items()}
 
     def train(self, task: TrainTask) -> TrainResult:
+        if task.kind == "feature_stats":
+            return self.feature_stats(task)
         start = time.perf_counter()
         try:
             held = apply_downlink(self.downlink, task)
             load_trainable_state(self.model, held, source=task.client_id)
-            shard = (
-                self.train_data if task.indices is None else self.train_data.subset(task.indices)
-            )
-            if len(shard) == 0:
-                raise ValueError("empty data shard")
+            shard = self._shard(task)
             train_cfg = self.cfg.train
             if "lr" in task.config:  # the coordinator's round schedule
                 train_cfg = dataclasses.replace(train_cfg, lr=float(task.config["lr"]))
@@ -126,6 +127,54 @@ class LoraClientApp:
             payload=payload,
             metrics=metrics,
             state=state,
+            worker=self.name,
+        )
+
+    def _shard(self, task: TrainTask) -> EncodedData:
+        shard = self.train_data if task.indices is None else self.train_data.subset(task.indices)
+        if len(shard) == 0:
+            raise ValueError("empty data shard")
+        return shard
+
+    def feature_stats(self, task: TrainTask) -> TrainResult:
+        """Classifier calibration (CCVR): per-class count, mean and scatter of the features
+        entering the output layer, over this client's shard, under the global adapter.
+        Sums of the client's data, no examples; dense fp32 on the wire."""
+        start = time.perf_counter()
+        try:
+            params = apply_downlink(self.downlink, task)
+            load_trainable_state(self.model, params, source=task.client_id)
+            shard = self._shard(task)
+            if shard.labels is None:
+                raise ValueError("classifier calibration needs labelled (classification) data")
+            name, layer = find_output_layer(self.model)
+            captured: list[torch.Tensor] = []
+            hook = layer.register_forward_hook(
+                lambda _m, inputs, _out: captured.append(inputs[0].detach().float().cpu())
+            )
+            device = model_device(self.model)
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    for batch in shard.batches(self.cfg.train.eval_batch_size):
+                        self.model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+            finally:
+                hook.remove()
+            stats = feature_stats(
+                name, torch.cat(captured).numpy(), shard.labels.numpy(), layer.out_features
+            )
+            payload = FULL_WEIGHTS_CODEC.encode(stats)
+        except Exception as exc:  # reported; the engine calibrates with the other clients
+            log.warning("client %s failed feature statistics: %s", task.client_id, exc)
+            return TrainResult(
+                task.round, task.client_id, error=f"{type(exc).__name__}: {exc}", worker=self.name
+            )
+        return TrainResult(
+            task.round,
+            task.client_id,
+            num_examples=len(shard),
+            payload=payload,
+            metrics={"client_seconds": time.perf_counter() - start},
             worker=self.name,
         )
 

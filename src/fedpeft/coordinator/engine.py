@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedpeft.aggregation import ClientUpdate, Strategy, weighted_metrics
+from fedpeft.aggregation import calibration as ccvr
 from fedpeft.compression import FULL_WEIGHTS_CODEC, Codec, check_compatible
 from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
 from fedpeft.coordinator.sampling import ClientSampler
@@ -69,6 +70,9 @@ class EngineState:
     bytes_up_total: int = 0
     bytes_down_total: int = 0
     ema: Tensors | None = None  # server EMA of the global adapter (when enabled)
+    # classifier calibration (CCVR) of the output layer, valid for round ``calibrated_round``
+    calibrated: Tensors | None = None
+    calibrated_round: int = -1
 
 
 class RoundEngine:
@@ -87,6 +91,8 @@ class RoundEngine:
         eval_every: int = 1,
         min_fit_clients: int = 1,
         ema_decay: float = 0.0,
+        calibration: str = "none",
+        calibration_clients: int = 0,
         client_config: dict[str, Any] | Callable[[int], dict[str, Any]] | None = None,
         hooks: EngineHooks | None = None,
     ) -> None:
@@ -104,6 +110,10 @@ class RoundEngine:
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         self.ema_decay = ema_decay
+        if calibration not in ("none", "ccvr"):
+            raise ValueError(f"calibration must be 'none' or 'ccvr', got {calibration!r}")
+        self.calibration = calibration
+        self.calibration_clients = calibration_clients
         # Fixed settings for every task, or a function of the round (Flower's
         # on_fit_config_fn), e.g. a round-decayed client learning rate.
         if callable(client_config):
@@ -225,9 +235,14 @@ class RoundEngine:
         self.state.round = round_num
         self.state.bytes_up_total += bytes_up
         self.state.bytes_down_total += bytes_down
+        if self.calibration != "none" and round_num == self.rounds:
+            record.update(self.calibrate(round_num))
         if self.strategy.configure_evaluate(round_num, self.eval_every, self.rounds):
             metrics = self.backend.evaluate(self.output_params)
             record.update(self.strategy.aggregate_evaluate(round_num, metrics))
+            if self.state.calibrated_round == round_num:
+                before = self.backend.evaluate(self._uncalibrated_params)
+                record.update({f"uncalibrated_{k}": v for k, v in before.items()})
         record["bytes_up_total"] = self.state.bytes_up_total
         record["bytes_down_total"] = self.state.bytes_down_total
         record["round_seconds"] = time.perf_counter() - start
@@ -238,11 +253,98 @@ class RoundEngine:
         return record
 
     @property
-    def output_params(self) -> Tensors:
-        """What is evaluated and exported: the server EMA when enabled, else the global."""
+    def _uncalibrated_params(self) -> Tensors:
         if self.ema_decay > 0 and self.state.ema is not None:
             return self.state.ema
         return self.state.params
+
+    @property
+    def output_params(self) -> Tensors:
+        """What is evaluated and exported: the server EMA when enabled, else the global;
+        with the calibrated output layer when this round was calibrated. Training always
+        continues from the plain global adapter."""
+        params = self._uncalibrated_params
+        if self.state.calibrated is not None and self.state.calibrated_round == self.state.round:
+            return {**params, **self.state.calibrated}
+        return params
+
+    # ---- classifier calibration (CCVR) -------------------------------------------------
+    def calibration_cohort(self, round_num: int) -> list[int]:
+        """Every registered client, or a seeded sample of ``calibration_clients``."""
+        n = len(self.shards)
+        k = self.calibration_clients
+        if k <= 0 or k >= n:
+            return list(range(n))
+        rng = np.random.default_rng([self.seed, round_num, 0xCA1])
+        return sorted(int(c) for c in rng.choice(n, size=k, replace=False))
+
+    def calibrate(self, round_num: int) -> dict[str, Any]:
+        """CCVR after the last round: clients report per-class feature statistics under
+        the output adapter; the output layer is retrained on virtual features drawn from
+        the merged class Gaussians (:mod:`fedpeft.aggregation.calibration`)."""
+        start = time.perf_counter()
+        base = self._uncalibrated_params
+        downlink = FULL_WEIGHTS_CODEC.encode(base)
+        tasks = [
+            TrainTask(
+                round=round_num,
+                client_id=cid,
+                seed=client_seed(self.seed, round_num, cid),
+                downlink=downlink,
+                downlink_is_delta=False,
+                version=round_num,
+                state=ClientState(),
+                indices=self.shards[cid],
+                kind="feature_stats",
+            )
+            for cid in self.calibration_cohort(round_num)
+        ]
+        results = self.backend.run(tasks)
+        bytes_up = sum(len(r.payload) for r in results)
+        bytes_down = len(downlink) * len(tasks)
+        self.state.bytes_up_total += bytes_up
+        self.state.bytes_down_total += bytes_down
+        stats: list[Tensors] = []
+        modules: set[str] = set()
+        rejected: dict[str, str] = {}
+        for result in sorted(results, key=lambda r: r.client_id):
+            try:
+                if result.error is not None:
+                    raise UpdateRejected(result.client_id, result.error)
+                try:
+                    tensors = FULL_WEIGHTS_CODEC.decode(result.payload)
+                except CodecError as exc:
+                    raise UpdateRejected(result.client_id, str(exc)) from exc
+                modules.add(ccvr.check_feature_stats(tensors, self.shapes, result.client_id))
+                stats.append(tensors)
+            except UpdateRejected as exc:
+                log.warning("calibration: %s", exc)
+                rejected[str(result.client_id)] = exc.reason
+        record: dict[str, Any] = {
+            "calibration_clients": len(stats),
+            "calibration_bytes_up": bytes_up,
+            "calibration_bytes_down": bytes_down,
+        }
+        if rejected:
+            record["calibration_rejected"] = rejected
+        if not stats or len(modules) != 1:
+            why = "no usable statistics" if not stats else f"clients disagree on {modules}"
+            record["calibration_failed"] = f"{why}; output layer left as trained"
+            log.warning("calibration failed: %s", record["calibration_failed"])
+            return record
+        module = modules.pop()
+        count, mean, cov = ccvr.merge_feature_stats(stats, module)
+        features, labels = ccvr.sample_virtual_features(count, mean, cov, seed=self.seed)
+        weight_key, bias_key = f"{module}.weight", f"{module}.bias"
+        weight, bias = ccvr.fit_output_layer(
+            base[weight_key], base.get(bias_key), features, labels, seed=self.seed
+        )
+        self.state.calibrated = {weight_key: weight}
+        if bias is not None:
+            self.state.calibrated[bias_key] = bias
+        self.state.calibrated_round = round_num
+        record["calibration_seconds"] = time.perf_counter() - start
+        return record
 
     def _update_ema(self) -> None:
         """Polyak/EMA averaging of the global adapter over rounds (training never sees
@@ -277,6 +379,8 @@ class RoundEngine:
         save_file(_contiguous(self.strategy.state_dict()), str(tmp / "strategy.safetensors"))
         if self.state.ema is not None:
             save_file(_contiguous(self.state.ema), str(tmp / "ema.safetensors"))
+        if self.state.calibrated is not None:
+            save_file(_contiguous(self.state.calibrated), str(tmp / "calibrated.safetensors"))
         client_tensors: dict[str, np.ndarray] = {}
         versions: dict[str, int] = {}
         for cid, cs in self.state.clients.items():
@@ -290,6 +394,7 @@ class RoundEngine:
             "bytes_up_total": self.state.bytes_up_total,
             "bytes_down_total": self.state.bytes_down_total,
             "client_versions": versions,
+            "calibrated_round": self.state.calibrated_round,
         }
         atomic_write_bytes(tmp / "engine.json", json.dumps(meta).encode())
         old = self.run_dir.path / f".{CHECKPOINT_DIR}.old"
@@ -327,6 +432,7 @@ class RoundEngine:
                 cs.residual = cs.residual or {}
                 cs.residual[name] = value
         ema_file = folder / "ema.safetensors"
+        calibrated_file = folder / "calibrated.safetensors"
         self.state = EngineState(
             round=int(meta["round"]),
             params=params,
@@ -334,6 +440,10 @@ class RoundEngine:
             clients=clients,
             bytes_up_total=int(meta["bytes_up_total"]),
             bytes_down_total=int(meta["bytes_down_total"]),
+            calibrated=(
+                dict(load_file(str(calibrated_file))) if calibrated_file.is_file() else None
+            ),
+            calibrated_round=int(meta.get("calibrated_round", -1)),
         )
         self.shapes = {k: v.shape for k, v in params.items()}
 

@@ -40,6 +40,9 @@ class TrainTask:
     state: ClientState
     indices: np.ndarray | None = None  # simulation: the virtual client's data shard
     config: dict[str, Any] = field(default_factory=dict)
+    # "train": train and send an update; "feature_stats": send the per-class statistics
+    # of the output layer's input features for classifier calibration (CCVR)
+    kind: str = "train"
 
 
 @dataclass

@@ -34,6 +34,7 @@ class ArchSpec:
     head_modules: tuple[str, ...]  # trained fully next to LoRA when classifying
     blocks_path: str  # dotted path of the transformer block list (Offsite-Tuning)
     encoder_only: bool = False
+    output_layer: str = "score"  # the linear layer that produces the class logits (CCVR)
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -43,10 +44,18 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # class) with it frozen. On SST-2 a frozen pooler (PEFT's SEQ_CLS default,
     # `lora.modules_to_save = ["classifier"]`) did as well centrally (0.868 vs 0.859) and
     # makes updates 2.3x smaller (111k instead of 259k floats) -- see bench/fed_accuracy.py.
-    "bert": ArchSpec(("query", "key", "value"), ("classifier", "pooler"), "encoder.layer", True),
-    "roberta": ArchSpec(("query", "key", "value"), ("classifier",), "encoder.layer", True),
+    "bert": ArchSpec(
+        ("query", "key", "value"), ("classifier", "pooler"), "encoder.layer", True, "classifier"
+    ),
+    "roberta": ArchSpec(
+        ("query", "key", "value"), ("classifier",), "encoder.layer", True, "classifier.out_proj"
+    ),
     "distilbert": ArchSpec(
-        ("q_lin", "k_lin", "v_lin"), ("pre_classifier", "classifier"), "transformer.layer", True
+        ("q_lin", "k_lin", "v_lin"),
+        ("pre_classifier", "classifier"),
+        "transformer.layer",
+        True,
+        "classifier",
     ),
     "llama": ArchSpec(("q_proj", "k_proj", "v_proj", "o_proj"), ("score",), "model.layers"),
     "mistral": ArchSpec(("q_proj", "k_proj", "v_proj", "o_proj"), ("score",), "model.layers"),

@@ -100,6 +100,11 @@ def run_simulation(
     start = time.perf_counter()
     run = RunDir(cfg.output)
     shards, meta = make_shards(cfg)
+    if cfg.federation.calibration != "none" and meta["task"] != "classification":
+        raise ConfigError(
+            "federation.calibration",
+            f"{cfg.federation.calibration!r} calibrates a classifier; this job is {meta['task']}",
+        )
     if resume:
         if not checkpoint_exists(run.path):
             raise ConfigError("--resume", f"{run.path} has no checkpoint to resume from")
@@ -126,6 +131,8 @@ def run_simulation(
             eval_every=fed.eval_every,
             min_fit_clients=fed.min_fit_clients,
             ema_decay=fed.server_ema,
+            calibration=fed.calibration,
+            calibration_clients=fed.calibration_clients,
             client_config=RoundConfig(
                 {"proximal_mu": fed.proximal_mu, "logit_adjustment": fed.logit_adjustment},
                 lr=cfg.train.lr,
