@@ -30,8 +30,9 @@ def ray_cluster():
 
 
 def test_ray_matches_inprocess(tmp_path: Path, tiny_text_file: Path) -> None:
+    # with classifier calibration: the feature-statistics tasks run on the workers too
     common = {"federation.clients": 8, "federation.clients_per_round": 4,
-              "federation.workers": 2}
+              "federation.workers": 2, "federation.calibration": "ccvr"}
     local = tiny_job(tiny_text_file, tmp_path / "local", **common)
     remote = tiny_job(tiny_text_file, tmp_path / "ray", **common,
                       **{"federation.backend": "ray"})
@@ -43,6 +44,7 @@ def test_ray_matches_inprocess(tmp_path: Path, tiny_text_file: Path) -> None:
     lines = [json.loads(x) for x in (tmp_path / "ray" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in lines] == [1, 2]
     assert all(r["clients_ok"] == 4 for r in lines)
+    assert lines[-1]["calibration_clients"] == 8
     assert summary["final_eval_loss"] == pytest.approx(
         json.loads((tmp_path / "local" / "summary.json").read_text())["final_eval_loss"],
         rel=1e-4)
