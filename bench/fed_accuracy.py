@@ -37,8 +37,12 @@ Result files: ``fed_accuracy.json`` (the first runs: client lr 1e-3 linear, pool
 trained), ``fed_accuracy_sweep.json`` (lr / schedule / server-optimizer sweep),
 ``fed_accuracy_head.json`` (PEFT's classifier-only head, this file's base config),
 ``fed_accuracy_20r.json`` (20 rounds), ``fed_accuracy_sched.json`` (round lr schedule)
-and ``fed_accuracy_default_head.json`` (the package's BERT head, classifier + pooler, set
-with ``--set lora.modules_to_save=[...]``: client options, seeds, ComPEFT at that head).
+``fed_accuracy_default_head.json`` (the package's BERT head, classifier + pooler, set
+with ``--set lora.modules_to_save=[...]``: client options, seeds, ComPEFT at that head),
+``fed_accuracy_diag.json`` (non-IID vs IID at that head; ``bench/calibration.py`` dissects
+the same federation) and ``fed_accuracy_calibrated.json`` (``federation.calibration =
+ccvr``, 10 and 20 rounds; its central runs at 10 rounds are copied from
+``fed_accuracy_default_head.json``, same code and settings).
 
 Timing: torch defaults to one thread per core; on a small machine shared with other jobs
 two threads were ~7x slower than one here (spin-waiting OpenMP threads), so
