@@ -119,9 +119,12 @@ def test_ccvr_calibrates_minilm_classifier(tmp_path: Path, tiny_text_file: Path)
     cfg = tiny_job(tiny_text_file, tmp_path / "run", **{
         "federation.rounds": 1, "federation.calibration": "ccvr",
         "federation.calibration_clients": 4})
-    run_simulation(cfg)
+    summary = run_simulation(cfg)
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["calibration_clients"] == 4
+    assert summary["calibration_bytes_up"] == record["calibration_bytes_up"]
+    assert summary["bytes_up"] == record["bytes_up"]  # a round's traffic stays the round's
+    assert summary["final_uncalibrated_eval_accuracy"] == record["uncalibrated_eval_accuracy"]
     assert "uncalibrated_eval_accuracy" in record and "eval_accuracy" in record
     # 2 classes x (1 + 384 + 384*385/2) float32 values per client, plus the frame
     assert record["calibration_bytes_up"] >= 4 * 2 * (1 + 384 + 384 * 385 // 2) * 4

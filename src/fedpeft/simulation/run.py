@@ -211,6 +211,12 @@ def summarize(
         "wall_seconds": seconds + float(previous.get("wall_seconds", 0.0)),
     }
     summary.update({f"final_{k}": v for k, v in last_eval.items() if k.startswith("eval_")})
+    # classifier calibration: its own traffic (not a round's), and what it changed
+    for key in ("calibration_bytes_up", "calibration_bytes_down"):
+        if any(key in r for r in records):
+            summary[key] = sum(int(r.get(key, 0)) for r in records)
+    if "uncalibrated_eval_accuracy" in last_eval:
+        summary["final_uncalibrated_eval_accuracy"] = last_eval["uncalibrated_eval_accuracy"]
     return summary
 
 
