@@ -38,6 +38,8 @@ from fedpeft.errors import ConfigError
 #: McMahan et al. 2017 and FedOpt's client side (Reddi et al. 2021); AdamW is what
 #: centralized PEFT fine-tuning uses.
 OPTIMIZERS = ("adamw", "sgd")
+#: ``federation.calibration``: none, or CCVR (fedpeft.aggregation.calibration)
+CALIBRATIONS = ("none", "ccvr")
 
 T = TypeVar("T")
 
@@ -286,7 +288,7 @@ class FederationConfig:
         _non_negative("federation", "logit_adjustment", self.logit_adjustment)
         _one_of("federation", "client_lr_schedule", self.client_lr_schedule, ROUND_SCHEDULES)
         _fraction("federation", "client_lr_final", self.client_lr_final, one_allowed=True)
-        _one_of("federation", "calibration", self.calibration, ("none", "ccvr"))
+        _one_of("federation", "calibration", self.calibration, CALIBRATIONS)
         if not isinstance(self.calibration_clients, int) or not (
             0 <= self.calibration_clients <= self.clients
         ):

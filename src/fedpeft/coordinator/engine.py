@@ -24,6 +24,7 @@ import numpy as np
 from fedpeft.aggregation import ClientUpdate, Strategy, weighted_metrics
 from fedpeft.aggregation import calibration as ccvr
 from fedpeft.compression import FULL_WEIGHTS_CODEC, Codec, check_compatible
+from fedpeft.config import CALIBRATIONS
 from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
 from fedpeft.coordinator.sampling import ClientSampler
 from fedpeft.errors import CodecError, FedPeftError, UpdateRejected
@@ -110,8 +111,8 @@ class RoundEngine:
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         self.ema_decay = ema_decay
-        if calibration not in ("none", "ccvr"):
-            raise ValueError(f"calibration must be 'none' or 'ccvr', got {calibration!r}")
+        if calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
         self.calibration = calibration
         self.calibration_clients = calibration_clients
         # Fixed settings for every task, or a function of the round (Flower's
@@ -172,14 +173,19 @@ class RoundEngine:
             self._full_cache = (round_num, FULL_WEIGHTS_CODEC.encode(self.state.params))
         return self._full_cache[1]
 
-    def decode(self, result: TrainResult) -> ClientUpdate:
-        """Decode and validate one update; raises UpdateRejected naming the client."""
+    @staticmethod
+    def _payload(result: TrainResult, codec: Codec) -> Tensors:
+        """The tensors a client sent, or UpdateRejected naming it (its error, bad bytes)."""
         if result.error is not None:
             raise UpdateRejected(result.client_id, result.error)
         try:
-            delta = self.uplink.decode(result.payload)
+            return codec.decode(result.payload)
         except CodecError as exc:
             raise UpdateRejected(result.client_id, str(exc)) from exc
+
+    def decode(self, result: TrainResult) -> ClientUpdate:
+        """Decode and validate one update; raises UpdateRejected naming the client."""
+        delta = self._payload(result, self.uplink)
         check_compatible(delta, self.shapes, result.client_id)  # names, shapes, NaN/Inf
         if result.num_examples <= 0:
             raise UpdateRejected(result.client_id, "reports no training examples")
@@ -309,12 +315,7 @@ class RoundEngine:
         rejected: dict[str, str] = {}
         for result in sorted(results, key=lambda r: r.client_id):
             try:
-                if result.error is not None:
-                    raise UpdateRejected(result.client_id, result.error)
-                try:
-                    tensors = FULL_WEIGHTS_CODEC.decode(result.payload)
-                except CodecError as exc:
-                    raise UpdateRejected(result.client_id, str(exc)) from exc
+                tensors = self._payload(result, FULL_WEIGHTS_CODEC)
                 modules.add(ccvr.check_feature_stats(tensors, self.shapes, result.client_id))
                 stats.append(tensors)
             except UpdateRejected as exc:
