@@ -40,6 +40,7 @@ from fedpeft.errors import ConfigError
 OPTIMIZERS = ("adamw", "sgd")
 #: ``federation.calibration``: none, or CCVR (fedpeft.aggregation.calibration)
 CALIBRATIONS = ("none", "ccvr")
+STRATEGY_NAMES = ("fedavg", "fedexp", "fedadam", "fedyogi")
 
 T = TypeVar("T")
 
@@ -207,7 +208,7 @@ class FederationConfig:
     partition: str = field(default="dirichlet", metadata=_help("iid, dirichlet or shards"))
     alpha: float = field(default=0.5, metadata=_help("Dirichlet concentration"))
     shards_per_client: int = field(default=2, metadata=_help("shards per client (shards)"))
-    strategy: str = field(default="fedavg", metadata=_help("fedavg, fedadam or fedyogi"))
+    strategy: str = field(default="fedavg", metadata=_help("fedavg, fedexp, fedadam or fedyogi"))
     server_lr: float = field(default=1.0, metadata=_help("server learning rate"))
     server_momentum: float = field(
         default=0.0, metadata=_help("FedAvg server momentum (FedAvgM; 0 = plain FedAvg)")
@@ -219,6 +220,9 @@ class FederationConfig:
     beta1: float = field(default=0.9, metadata=_help("FedAdam/FedYogi first moment"))
     beta2: float = field(default=0.99, metadata=_help("FedAdam/FedYogi second moment"))
     tau: float = field(default=1e-3, metadata=_help("FedAdam/FedYogi adaptivity"))
+    fedexp_eps: float = field(
+        default=1e-3, metadata=_help("FedExP: epsilon in the server step's denominator")
+    )
     proximal_mu: float = field(default=0.0, metadata=_help("FedProx mu (0 = off)"))
     logit_adjustment: float = field(
         default=0.0,
@@ -279,11 +283,12 @@ class FederationConfig:
         _one_of("federation", "sampling", self.sampling, ("fixed", "poisson"))
         _one_of("federation", "partition", self.partition, ("iid", "dirichlet", "shards"))
         _positive("federation", "alpha", self.alpha)
-        _one_of("federation", "strategy", self.strategy, ("fedavg", "fedadam", "fedyogi"))
+        _one_of("federation", "strategy", self.strategy, STRATEGY_NAMES)
         _positive("federation", "server_lr", self.server_lr)
         for name in ("server_momentum", "server_ema", "beta1", "beta2"):
             _fraction("federation", name, getattr(self, name))
         _positive("federation", "tau", self.tau)
+        _positive("federation", "fedexp_eps", self.fedexp_eps)
         _non_negative("federation", "proximal_mu", self.proximal_mu)
         _non_negative("federation", "logit_adjustment", self.logit_adjustment)
         _one_of("federation", "client_lr_schedule", self.client_lr_schedule, ROUND_SCHEDULES)

@@ -65,6 +65,16 @@ def test_resume_equals_uninterrupted(tmp_path: Path, tiny_text_file: Path) -> No
     assert [json.loads(x)["round"] for x in lines] == [1, 2, 3]
 
 
+def test_fedexp_logs_its_server_step(tmp_path: Path, tiny_text_file: Path) -> None:
+    cfg = tiny_job(tiny_text_file, tmp_path / "run", **{"federation.strategy": "fedexp",
+                                                         "federation.server_ema": 0.5})
+    summary = run_simulation(cfg, export=False)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in lines] == [1, 2]
+    assert all(r["server_step"] >= 1.0 and np.isfinite(r["server_step"]) for r in lines)
+    assert np.isfinite(summary["final_eval_loss"])
+
+
 class _PoisonedApp(LoraClientApp):
     """Client 0 sends a wrongly shaped tensor, 1 crashes, 2 sends truncated bytes."""
 

@@ -1,4 +1,4 @@
-"""FedAvg is the example-weighted mean; FedAdam/FedYogi match hand-computed steps."""
+"""FedAvg is the example-weighted mean; FedExP, FedAdam and FedYogi match hand-computed steps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedpeft.aggregation import ClientUpdate, FedAdam, FedAvg, FedYogi, make_strategy
+from fedpeft.aggregation import ClientUpdate, FedAdam, FedAvg, FedExP, FedYogi, make_strategy
 from fedpeft.config import FederationConfig
 from fedpeft.errors import ConfigError
 
@@ -100,3 +100,65 @@ def test_make_strategy_and_validation() -> None:
         FedAvg(server_lr=0)
     with pytest.raises(ConfigError, match=r"federation\.beta1"):
         FedAdam(beta1=1.0)
+
+
+def test_fedexp_hand_computed_step() -> None:
+    # three orthogonal unit updates, equal weights: Σ p_i‖Δ_i‖² = 1, Δ̄ = (1/3, 1/3, 1/3),
+    # ‖Δ̄‖² = 1/3, so η_g = 1 / (2 (1/3 + ε))
+    eps = 1e-3
+    ups = [ClientUpdate(i, 7, {"w": np.eye(3, dtype=np.float32)[i]}) for i in range(3)]
+    opt = FedExP(eps=eps)
+    new = opt.aggregate_train(1, {"w": np.ones(3, np.float32)}, ups)
+    step = 1 / (2 * (1 / 3 + eps))
+    assert opt.train_metrics() == {"server_step": pytest.approx(step)}
+    np.testing.assert_allclose(new["w"], 1 + step / 3, rtol=1e-6)
+    # server_lr scales the extrapolated step
+    scaled = FedExP(server_lr=0.5, eps=eps).aggregate_train(1, {"w": np.zeros(3, np.float32)}, ups)
+    np.testing.assert_allclose(scaled["w"], 0.5 * step / 3, rtol=1e-6)
+
+
+def test_fedexp_weighted_and_never_below_fedavg() -> None:
+    # weights 1 and 3 on updates (2, 0) and (0, 2): Σ p‖Δ‖² = 4, Δ̄ = (0.5, 1.5), ‖Δ̄‖² = 2.5
+    ups = [
+        ClientUpdate(0, 1, {"w": np.array([2.0, 0.0], np.float32)}),
+        ClientUpdate(1, 3, {"w": np.array([0.0, 2.0], np.float32)}),
+    ]
+    opt = FedExP(eps=0.5)
+    new = opt.aggregate_train(1, {"w": np.zeros(2, np.float32)}, ups)
+    assert opt.train_metrics()["server_step"] == 1.0  # 4 / (2·3) < 1: plain FedAvg
+    np.testing.assert_allclose(new["w"], [0.5, 1.5])
+    # clients that agree exactly: the ratio is 1/2, so FedExP is FedAvg
+    same = _updates([(2, 0.3), (5, 0.3)])
+    current = {"w": np.zeros((2, 3), np.float32)}
+    assert np.array_equal(
+        FedExP().aggregate_train(1, current, same)["w"],
+        FedAvg().aggregate_train(1, current, same)["w"],
+    )
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 100), st.floats(-10, 10)), min_size=1, max_size=8),
+       st.floats(1e-6, 1.0))
+def test_fedexp_step_is_formula(values: list[tuple[int, float]], eps: float) -> None:
+    ups = [ClientUpdate(i, n, {"w": np.array([v, -v / 2], np.float32)})
+           for i, (n, v) in enumerate(values)]
+    opt = FedExP(eps=eps)
+    opt.aggregate_train(1, {"w": np.zeros(2, np.float32)}, ups)
+    vecs = np.array([[np.float32(v), np.float32(-v / 2)] for _, v in values], np.float64)
+    p = np.array([n for n, _ in values], np.float64)
+    p /= p.sum()
+    mean = p @ vecs
+    ratio = float(p @ (vecs**2).sum(1)) / (2 * (float(mean @ mean) + eps))
+    assert opt.train_metrics()["server_step"] == pytest.approx(max(1.0, ratio), rel=1e-6)
+
+
+def test_fedexp_config() -> None:
+    opt = make_strategy(FederationConfig(strategy="fedexp", fedexp_eps=0.01, server_lr=2.0))
+    assert isinstance(opt, FedExP) and opt.eps == 0.01 and opt.server_lr == 2.0
+    assert opt.state_dict() == {}  # stateless between rounds: resume needs nothing
+    with pytest.raises(ConfigError, match=r"federation\.fedexp_eps"):
+        FederationConfig(strategy="fedexp", fedexp_eps=0.0)
+    with pytest.raises(ConfigError, match=r"federation\.server_momentum"):
+        make_strategy(FederationConfig(strategy="fedexp", server_momentum=0.9))
+    with pytest.raises(ConfigError, match=r"federation\.strategy"):
+        FederationConfig(strategy="fedexq")

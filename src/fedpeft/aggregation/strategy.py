@@ -71,6 +71,11 @@ class Strategy(abc.ABC):
     ) -> Tensors:
         """Return the new global adapter from the current one and the round's updates."""
 
+    def train_metrics(self) -> dict[str, float]:
+        """Server-side numbers of the last ``aggregate_train`` for the round's metrics line
+        (a server step size, say); none by default."""
+        return {}
+
     def configure_evaluate(self, round_num: int, every: int, last_round: int) -> bool:
         """Whether to evaluate the global adapter after ``round_num``."""
         return round_num % every == 0 or round_num == last_round

@@ -38,7 +38,9 @@ def simulate(
     sampling: str | None = typer.Option(None, "--sampling", help="fixed or poisson"),
     partition: str | None = typer.Option(None, "--partition", help="iid, dirichlet or shards"),
     alpha: float | None = typer.Option(None, "--alpha", help="Dirichlet concentration"),
-    strategy: str | None = typer.Option(None, "--strategy", help="fedavg, fedadam, fedyogi"),
+    strategy: str | None = typer.Option(
+        None, "--strategy", help="fedavg, fedexp, fedadam, fedyogi"
+    ),
     server_lr: float | None = typer.Option(None, "--server-lr"),
     server_momentum: float | None = typer.Option(
         None, "--server-momentum", help="FedAvg server momentum (FedAvgM)"

@@ -232,6 +232,7 @@ class RoundEngine:
             self.state.params = self.strategy.aggregate_train(round_num, self.state.params, updates)
             self._update_ema()
             record.update(weighted_metrics(updates))
+            record.update(self.strategy.train_metrics())
         else:
             record["round_failed"] = (
                 f"{len(updates)} usable updates < min_fit_clients={self.min_fit_clients}; "
