@@ -42,7 +42,9 @@ with ``--set lora.modules_to_save=[...]``: client options, seeds, ComPEFT at tha
 ``fed_accuracy_diag.json`` (non-IID vs IID at that head; ``bench/calibration.py`` dissects
 the same federation) and ``fed_accuracy_calibrated.json`` (``federation.calibration =
 ccvr``, 10 and 20 rounds; its central runs at 10 rounds are copied from
-``fed_accuracy_default_head.json``, same code and settings).
+``fed_accuracy_default_head.json``, same code and settings) and ``fed_accuracy_server.json``
+(server-side strategies at the default head: FedExP and FedAdam against FedAvg, 10
+rounds; its FedAvg and central runs are copied from ``fed_accuracy_default_head.json``).
 
 Timing: torch defaults to one thread per core; on a small machine shared with other jobs
 two threads were ~7x slower than one here (spin-waiting OpenMP threads), so
