@@ -109,8 +109,17 @@ class LoraSettings:
         default=None,
         metadata=_help("classification: modules trained in full; default: the architecture's head"),
     )
+    freeze_a: bool = field(
+        default=False,
+        metadata=_help(
+            "FFA-LoRA: keep lora_A at its (seeded) initialisation and train only lora_B; "
+            "averaging B is then exact and A never travels"
+        ),
+    )
 
     def __post_init__(self) -> None:
+        if not isinstance(self.freeze_a, bool):
+            raise ConfigError("lora.freeze_a", f"must be true or false, got {self.freeze_a!r}")
         if not isinstance(self.r, int) or self.r <= 0:
             raise ConfigError("lora.r", f"must be a positive integer, got {self.r!r}")
         _positive("lora", "alpha", self.alpha)

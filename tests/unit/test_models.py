@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedpeft.errors import ModelError
+from fedpeft.errors import ConfigError, ModelError
 from fedpeft.models import ARCHITECTURES, MODEL_REGISTRY, Task, arch_spec, resolve_model_path
 
 
@@ -68,3 +68,39 @@ def test_lora_head_and_targets_follow_the_settings() -> None:
     assert any("pooler.dense.lora_A" in n for n in slim)
     assert any("query.lora_A" in n for n in slim)
     assert not any("attention.output.dense.lora" in n for n in slim)  # suffix match only
+    # FFA-LoRA: lora_A frozen at its seeded initialisation, only B (and the head) travel
+    ffa = trainable(LoraSettings(freeze_a=True))
+    assert not any(".lora_A." in n for n in ffa)
+    assert ffa == {n for n in default if ".lora_A." not in n}
+
+
+def test_freeze_a_keeps_a_identical_across_parties_and_in_the_export(tmp_path: Path) -> None:
+    """Clients and coordinator never exchange A under freeze_a: each party's seeded build
+    must give the same A, and the exported PEFT folder must hold it."""
+    import torch
+    from safetensors.torch import load_file
+
+    from fedpeft.config import JobConfig
+    from fedpeft.training.setup import build_adapted_model
+
+    cfg = JobConfig().replace({"model.name": "minilm", "lora.freeze_a": True})
+
+    def a_weights() -> dict[str, torch.Tensor]:
+        model = build_adapted_model(cfg, Task.CLASSIFICATION, ["neg", "pos"]).model
+        return {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_A." in n}
+
+    first, second = a_weights(), a_weights()
+    assert first and first.keys() == second.keys()
+    assert all(torch.equal(first[n], second[n]) for n in first)
+    assert all(float(first[n].abs().sum()) > 0 for n in first)  # initialised, not zeros
+    model = build_adapted_model(cfg, Task.CLASSIFICATION, ["neg", "pos"]).model
+    model.save_pretrained(str(tmp_path / "adapter"))
+    saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert sum(".lora_A." in k for k in saved) == len(first)
+
+
+def test_freeze_a_must_be_a_bool() -> None:
+    from fedpeft.config import LoraSettings
+
+    with pytest.raises(ConfigError, match=r"lora\.freeze_a"):
+        LoraSettings(freeze_a="yes")  # type: ignore[arg-type]

@@ -45,7 +45,15 @@ def build_lora_model(base: Any, settings: LoraSettings, task: Task) -> Any:
         modules_to_save=head,
         task_type=TaskType.SEQ_CLS if task is Task.CLASSIFICATION else TaskType.CAUSAL_LM,
     )
-    return get_peft_model(base, config)
+    model = get_peft_model(base, config)
+    if settings.freeze_a:
+        # FFA-LoRA (Sun et al., ICLR 2024): with A fixed, ΔW = B·A is linear in B, so the
+        # mean of the clients' B is the mean of their ΔW — FedAvg of A and B separately is
+        # not. A is identical everywhere because the caller seeds its initialisation.
+        for name, param in model.named_parameters():
+            if ".lora_A." in name:
+                param.requires_grad_(False)
+    return model
 
 
 def find_output_layer(model: Any) -> tuple[str, torch.nn.Linear]:
