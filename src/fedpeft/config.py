@@ -326,7 +326,9 @@ class CodecSettings:
     dtype: str = field(default="fp32", metadata=_help("dense: fp32, fp16 or bf16"))
     density: float = field(default=0.1, metadata=_help("compeft: fraction kept, in (0, 1]"))
     scope: str = field(default="per_tensor", metadata=_help("compeft top-k: per_tensor or global"))
-    scale: str = field(default="mean_abs", metadata=_help("compeft scale: mean_abs or alpha_std"))
+    scale: str = field(
+        default="mean_abs", metadata=_help("compeft scale: mean_abs, norm or alpha_std")
+    )
     alpha: float = field(default=1.0, metadata=_help("compeft alpha for alpha_std"))
     dense_below: int = field(
         default=0, metadata=_help("compeft: tensors with fewer entries go exact float32")
@@ -349,7 +351,7 @@ class CodecSettings:
                 "codec.density", f"must be in (0, 1] (a fraction), got {self.density!r}"
             )
         _one_of("codec", "scope", self.scope, ("per_tensor", "global"))
-        _one_of("codec", "scale", self.scale, ("mean_abs", "alpha_std"))
+        _one_of("codec", "scale", self.scale, ("mean_abs", "norm", "alpha_std"))
         _positive("codec", "alpha", self.alpha)
         _fraction("codec", "feedback_decay", self.feedback_decay, one_allowed=True)
         if not isinstance(self.dense_below, int) or self.dense_below < 0:

@@ -110,6 +110,8 @@ def reference_compeft(tensors: dict[str, np.ndarray], cfg: CompeftConfig) -> dic
             gamma = 0.0
         elif cfg.scale is ScaleRule.MEAN_ABS:
             gamma = float(np.mean(np.abs(tau[chosen]).astype(np.float64)))
+        elif cfg.scale is ScaleRule.NORM:
+            gamma = float(np.sqrt(np.sum(tau.astype(np.float64) ** 2) / chosen.size))
         else:
             gamma = cfg.alpha * float(np.std(tau.astype(np.float64)))
         dense = np.zeros(tau.size, dtype=np.float64)
@@ -160,7 +162,7 @@ def test_compeft_ternary_and_kept_count(codec, tensors) -> None:
     if codec.config.scope is Scope.GLOBAL:
         gammas = {float(np.abs(v[v != 0]).max()) for v in decoded.values() if v.any()}
         assert len(gammas) <= 1
-    if codec.config.scale is not ScaleRule.MEAN_ABS:
+    if codec.config.scale is ScaleRule.ALPHA_STD:
         return  # alpha·std(τ) may be 0 (constant τ): then nothing survives decoding
     if codec.config.scope is Scope.PER_TENSOR:
         for name, value in tensors.items():
@@ -303,3 +305,15 @@ def test_bad_density_is_a_config_error(density) -> None:
         CompeftConfig(density=density)
     with pytest.raises(ConfigError, match="density"):
         make_codec("compeft", density=density)
+
+
+@SETTINGS
+@given(tensors=TENSORS, density=st.floats(0.0, 1.0, exclude_min=True))
+def test_norm_scale_keeps_the_l2_norm(tensors, density) -> None:
+    codec = CompeftCodec(CompeftConfig(density=density, scale=ScaleRule.NORM))
+    decoded = codec.decode(codec.encode(tensors))
+    for name, value in tensors.items():
+        x = np.asarray(value, dtype=np.float64)
+        want = float(np.linalg.norm(x))
+        got = float(np.linalg.norm(decoded[name].astype(np.float64)))
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-30)

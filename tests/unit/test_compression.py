@@ -149,6 +149,18 @@ def test_alpha_std_scale_follows_the_paper() -> None:
     np.testing.assert_array_equal(out, [gamma, -gamma, gamma, 0, 0, 0])
 
 
+def test_norm_scale_keeps_the_update_norm() -> None:
+    x = np.array([4.0, -2.0, 0.5, 0.1, 0.0, -0.2], dtype=np.float32)
+    codec = CompeftCodec(CompeftConfig(density=0.5, scale=ScaleRule.NORM))
+    out = codec.decode(codec.encode({"w": x}))["w"]
+    gamma = np.float32(np.sqrt((16 + 4 + 0.25 + 0.01 + 0.04) / 3))
+    np.testing.assert_array_equal(out, [gamma, -gamma, gamma, 0, 0, 0])
+    assert np.linalg.norm(out) == pytest.approx(np.linalg.norm(x), rel=1e-6)
+    # larger than the least-squares γ (mean |τ_kept|) whenever anything is dropped
+    assert gamma > np.float32((4.0 + 2.0 + 0.5) / 3)
+    assert make_codec("compeft", scale="norm").config.scale is ScaleRule.NORM  # type: ignore[attr-defined]
+
+
 def test_global_scope_shares_top_k_and_scale() -> None:
     update = {"big": np.full(4, 10.0, np.float32), "small": np.full(4, 0.1, np.float32)}
     per_tensor = CompeftCodec(CompeftConfig(density=0.5)).reconstruct(update)
