@@ -26,6 +26,8 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
         (["simulate", "--clients", "3", "--clients-per-round", "5"],
          "federation.clients_per_round"),
         (["simulate", "--codec", "compeft", "--density", "10"], "codec.density"),
+        (["simulate", "--codec", "compeft", "--scale", "l2"], "codec.scale"),
+        (["simulate", "--strategy", "fedexq"], "federation.strategy"),
         (["simulate", "--resume", "/no/such/run"], "/no/such/run"),
         (["export", "/no/such/run", "--out", "/tmp/x"], "/no/such/run"),
     ],

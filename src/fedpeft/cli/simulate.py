@@ -84,6 +84,9 @@ def simulate(
     dense_below: int | None = typer.Option(
         None, "--dense-below", help="compeft: send tensors with fewer entries exactly"
     ),
+    scale: str | None = typer.Option(
+        None, "--scale", help="compeft scale: mean_abs (least squares), norm, alpha_std"
+    ),
     downlink: str | None = typer.Option(None, "--downlink", help="dense or compeft"),
 ) -> None:
     """Simulate federated LoRA fine-tuning over many virtual clients."""
@@ -126,6 +129,7 @@ def simulate(
         "codec.error_feedback": error_feedback,
         "codec.feedback_decay": feedback_decay,
         "codec.dense_below": dense_below,
+        "codec.scale": scale,
         "codec.downlink": downlink,
     }
     if resume is not None:
