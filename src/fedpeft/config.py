@@ -40,7 +40,10 @@ from fedpeft.errors import ConfigError
 OPTIMIZERS = ("adamw", "sgd")
 #: ``federation.calibration``: none, or CCVR (fedpeft.aggregation.calibration)
 CALIBRATIONS = ("none", "ccvr")
+#: ``federation.strategy``: the keys of fedpeft.aggregation.STRATEGIES (a test keeps them equal)
 STRATEGY_NAMES = ("fedavg", "fedexp", "fedadam", "fedyogi")
+#: ``codec.scale``: the values of fedpeft.compression.compeft.ScaleRule (a test keeps them equal)
+COMPEFT_SCALES = ("mean_abs", "norm", "alpha_std")
 
 T = TypeVar("T")
 
@@ -351,7 +354,7 @@ class CodecSettings:
                 "codec.density", f"must be in (0, 1] (a fraction), got {self.density!r}"
             )
         _one_of("codec", "scope", self.scope, ("per_tensor", "global"))
-        _one_of("codec", "scale", self.scale, ("mean_abs", "norm", "alpha_std"))
+        _one_of("codec", "scale", self.scale, COMPEFT_SCALES)
         _positive("codec", "alpha", self.alpha)
         _fraction("codec", "feedback_decay", self.feedback_decay, one_allowed=True)
         if not isinstance(self.dense_below, int) or self.dense_below < 0:

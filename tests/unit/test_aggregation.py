@@ -152,6 +152,15 @@ def test_fedexp_step_is_formula(values: list[tuple[int, float]], eps: float) -> 
     assert opt.train_metrics()["server_step"] == pytest.approx(max(1.0, ratio), rel=1e-6)
 
 
+def test_every_configurable_strategy_is_built() -> None:
+    from fedpeft.aggregation import STRATEGIES
+    from fedpeft.config import STRATEGY_NAMES
+
+    assert set(STRATEGIES) == set(STRATEGY_NAMES)
+    for name in STRATEGY_NAMES:
+        assert isinstance(make_strategy(FederationConfig(strategy=name)), STRATEGIES[name])
+
+
 def test_fedexp_config() -> None:
     opt = make_strategy(FederationConfig(strategy="fedexp", fedexp_eps=0.01, server_lr=2.0))
     assert isinstance(opt, FedExP) and opt.eps == 0.01 and opt.server_lr == 2.0

@@ -161,6 +161,12 @@ def test_norm_scale_keeps_the_update_norm() -> None:
     assert make_codec("compeft", scale="norm").config.scale is ScaleRule.NORM  # type: ignore[attr-defined]
 
 
+def test_config_accepts_exactly_the_codec_scale_rules() -> None:
+    from fedpeft.config import COMPEFT_SCALES
+
+    assert set(COMPEFT_SCALES) == {rule.value for rule in ScaleRule}
+
+
 def test_global_scope_shares_top_k_and_scale() -> None:
     update = {"big": np.full(4, 10.0, np.float32), "small": np.full(4, 0.1, np.float32)}
     per_tensor = CompeftCodec(CompeftConfig(density=0.5)).reconstruct(update)
