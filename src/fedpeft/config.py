@@ -44,6 +44,9 @@ CALIBRATIONS = ("none", "ccvr")
 STRATEGY_NAMES = ("fedavg", "fedexp", "fedadam", "fedyogi")
 #: ``codec.scale``: the values of fedpeft.compression.compeft.ScaleRule (a test keeps them equal)
 COMPEFT_SCALES = ("mean_abs", "norm", "alpha_std")
+#: ``federation.lora_aggregation``: average LoRA's A and B (FedAvg's default) or their
+#: products (fedpeft.aggregation.lora_product)
+LORA_AGGREGATIONS = ("factors", "product")
 
 T = TypeVar("T")
 
@@ -235,6 +238,14 @@ class FederationConfig:
     fedexp_eps: float = field(
         default=1e-3, metadata=_help("FedExP: epsilon in the server step's denominator")
     )
+    lora_aggregation: str = field(
+        default="factors",
+        metadata=_help(
+            "fedavg: average LoRA A and B (factors) or their products B*A, re-factored "
+            "to rank r by SVD (product; not with server momentum, server_ema or secure "
+            "aggregation)"
+        ),
+    )
     proximal_mu: float = field(default=0.0, metadata=_help("FedProx mu (0 = off)"))
     logit_adjustment: float = field(
         default=0.0,
@@ -301,6 +312,20 @@ class FederationConfig:
             _fraction("federation", name, getattr(self, name))
         _positive("federation", "tau", self.tau)
         _positive("federation", "fedexp_eps", self.fedexp_eps)
+        _one_of("federation", "lora_aggregation", self.lora_aggregation, LORA_AGGREGATIONS)
+        if self.lora_aggregation == "product":
+            if self.strategy != "fedavg":
+                raise ConfigError(
+                    "federation.lora_aggregation",
+                    f"product aggregation is a fedavg option, not {self.strategy}'s",
+                )
+            for name in ("server_momentum", "server_ema"):
+                if getattr(self, name):
+                    raise ConfigError(
+                        "federation.lora_aggregation",
+                        f"product aggregation re-factors the adapter every round, so "
+                        f"federation.{name} would mix factors of different bases; set it to 0",
+                    )
         _non_negative("federation", "proximal_mu", self.proximal_mu)
         _non_negative("federation", "logit_adjustment", self.logit_adjustment)
         _one_of("federation", "client_lr_schedule", self.client_lr_schedule, ROUND_SCHEDULES)

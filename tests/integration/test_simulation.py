@@ -75,6 +75,23 @@ def test_fedexp_logs_its_server_step(tmp_path: Path, tiny_text_file: Path) -> No
     assert np.isfinite(summary["final_eval_loss"])
 
 
+def test_product_aggregation_round_trip(tmp_path: Path, tiny_text_file: Path) -> None:
+    # the re-factored adapter is an ordinary rank-r LoRA adapter: A = c·Vᵣᵀ has orthogonal
+    # rows of one length, B carries the singular values, and training goes on from it
+    cfg = tiny_job(tiny_text_file, tmp_path / "run",
+                   **{"federation.lora_aggregation": "product"})
+    summary = run_simulation(cfg, export=False)
+    assert summary["rounds"] == 2 and np.isfinite(summary["final_eval_loss"])
+    state = final_state(tmp_path / "run")
+    a_names = [k for k in state if ".lora_A." in k]
+    assert a_names
+    for name in a_names:
+        a = state[name].astype(np.float64)
+        gram = a @ a.T
+        np.testing.assert_allclose(gram, np.eye(len(a)) * gram[0, 0], atol=1e-5 * gram[0, 0])
+        assert np.any(state[name.replace(".lora_A.", ".lora_B.")] != 0)
+
+
 class _PoisonedApp(LoraClientApp):
     """Client 0 sends a wrongly shaped tensor, 1 crashes, 2 sends truncated bytes."""
 

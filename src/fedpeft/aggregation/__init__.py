@@ -25,7 +25,11 @@ STRATEGIES: dict[str, type[Strategy]] = {
 def make_strategy(cfg: FederationConfig) -> Strategy:
     """The strategy named by ``federation.strategy``, configured from ``cfg``."""
     if cfg.strategy == "fedavg":
-        return FedAvg(server_lr=cfg.server_lr, server_momentum=cfg.server_momentum)
+        return FedAvg(
+            server_lr=cfg.server_lr,
+            server_momentum=cfg.server_momentum,
+            lora_aggregation=cfg.lora_aggregation,
+        )
     if cfg.strategy == "fedexp":
         if cfg.server_momentum:
             raise ConfigError("federation.server_momentum", "fedexp has no server momentum")

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from fedpeft.aggregation.lora_product import LORA_AGGREGATIONS, product_aggregate
 from fedpeft.aggregation.strategy import ClientUpdate, Strategy, Tensors, weighted_mean
 from fedpeft.errors import ConfigError
 
@@ -18,22 +19,42 @@ class FedAvg(Strategy):
     β = 0 and η = 1 is plain FedAvg; β > 0 is FedAvgM (Flower's ``FedAvgM``), which
     smooths the cohort-to-cohort swings of non-IID rounds.
 
-    LoRA note: averaging A and B separately is not averaging the products B·A; the
-    result is the product of averages. This is the common default (FedIT, FlowerTune)
-    and the bias shrinks as clients agree.
+    LoRA note: averaging A and B separately (``lora_aggregation="factors"``) is not
+    averaging the products B·A; the result is the product of averages. This is the common
+    default (FedIT, FlowerTune) and the bias shrinks as clients agree.
+    ``lora_aggregation="product"`` averages the products exactly and re-factors them to
+    rank r (:mod:`fedpeft.aggregation.lora_product`); other tensors (the head) are
+    averaged as usual.
     """
 
     name = "fedavg"
 
-    def __init__(self, server_lr: float = 1.0, server_momentum: float = 0.0) -> None:
+    def __init__(
+        self,
+        server_lr: float = 1.0,
+        server_momentum: float = 0.0,
+        lora_aggregation: str = "factors",
+    ) -> None:
         if not server_lr > 0:
             raise ConfigError("federation.server_lr", f"must be > 0, got {server_lr}")
         if not 0.0 <= server_momentum < 1.0:
             raise ConfigError(
                 "federation.server_momentum", f"must be in [0, 1), got {server_momentum}"
             )
+        if lora_aggregation not in LORA_AGGREGATIONS:
+            raise ConfigError(
+                "federation.lora_aggregation",
+                f"must be one of {', '.join(LORA_AGGREGATIONS)}, got {lora_aggregation!r}",
+            )
+        if lora_aggregation == "product" and server_momentum:
+            raise ConfigError(
+                "federation.lora_aggregation",
+                "product aggregation re-factors the adapter every round; server momentum "
+                "would add up factors in different bases (set federation.server_momentum = 0)",
+            )
         self.server_lr = server_lr
         self.server_momentum = server_momentum
+        self.lora_aggregation = lora_aggregation
         self.velocity: Tensors = {}
 
     def aggregate_train(
@@ -42,7 +63,10 @@ class FedAvg(Strategy):
         del round_num
         mean = weighted_mean(updates)
         if self.server_momentum == 0.0:
-            return {k: (current[k] + self.server_lr * mean[k]).astype("float32") for k in current}
+            new = {k: (current[k] + self.server_lr * mean[k]).astype("float32") for k in current}
+            if self.lora_aggregation == "product":
+                new.update(product_aggregate(current, updates, self.server_lr))
+            return new
         out: Tensors = {}
         for k, x in current.items():
             v = mean[k].astype(np.float64)
