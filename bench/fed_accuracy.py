@@ -45,8 +45,10 @@ ccvr``, 10 and 20 rounds; its central runs at 10 rounds are copied from
 ``fed_accuracy_default_head.json``, same code and settings) and ``fed_accuracy_server.json``
 (the server step at the default head, 10 rounds: FedExP, FedAdam and FedAvg server_lr 2
 against FedAvg; ComPEFT with server_lr 2 or ``codec.scale=norm``, seeds 0-2, with and
-without CCVR; its seed-0/1 FedAvg and central runs are copied from
-``fed_accuracy_default_head.json`` and ``fed_accuracy_calibrated.json``, same settings).
+without CCVR; ``federation.lora_aggregation=product``, IID and Dirichlet; its seed-0/1
+FedAvg and central runs are copied from ``fed_accuracy_default_head.json`` and
+``fed_accuracy_calibrated.json``, and its IID FedAvg run from ``fed_accuracy_diag.json``,
+same settings).
 
 Timing: torch defaults to one thread per core; on a small machine shared with other jobs
 two threads were ~7x slower than one here (spin-waiting OpenMP threads), so

@@ -23,7 +23,13 @@ Costs and limits: the server needs every client's own A_i and B_i (a product is 
 linear in them), so this cannot run under secure aggregation, where the coordinator
 learns only the sum; and the re-factored basis rotates from round to round, so factor-
 wise averages across rounds (server momentum, the server EMA) are meaningless with it.
-``make_strategy`` rejects those combinations.
+The configuration rejects those combinations.
+
+Measured (``bench/results/fed_accuracy_server.json``, SST-2, 100 clients, 10 per round, 10
+rounds, client lr 4e-3): IID 0.835 against FedAvg's 0.835, Dirichlet(0.5) 0.827 against
+0.833 — exactness did not move accuracy here, because the clients' updates are mostly
+their own noise (pairwise cosine ≈ 0.02), which neither kind of averaging keeps. It
+matters more where clients agree more and move A further per round.
 """
 
 from __future__ import annotations
