@@ -39,7 +39,8 @@ trained), ``fed_accuracy_sweep.json`` (lr / schedule / server-optimizer sweep),
 ``fed_accuracy_20r.json`` (20 rounds), ``fed_accuracy_sched.json`` (round lr schedule)
 ``fed_accuracy_default_head.json`` (the package's BERT head, classifier + pooler, set
 with ``--set lora.modules_to_save=[...]``: client options, seeds, ComPEFT at that head),
-``fed_accuracy_diag.json`` (non-IID vs IID at that head; ``bench/calibration.py`` dissects
+``fed_accuracy_diag.json`` (non-IID vs IID at that head, and IID with 1 vs 10 clients per
+round at lr 1e-3 — 100 rounds vs 10, the same examples; ``bench/calibration.py`` dissects
 the same federation) and ``fed_accuracy_calibrated.json`` (``federation.calibration =
 ccvr``, 10 and 20 rounds; its central runs at 10 rounds are copied from
 ``fed_accuracy_default_head.json``, same code and settings) and ``fed_accuracy_server.json``
