@@ -166,9 +166,7 @@ def run_federated(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
         if line.strip()
     ]
     calibration = {
-        k: v
-        for k, v in records[-1].items()
-        if k.startswith(("uncalibrated_eval_", "calibration_"))
+        k: v for k, v in records[-1].items() if k.startswith(("uncalibrated_eval_", "calibration_"))
     }
     curve = [{"round": 0, "eval_accuracy": summary["initial_eval_accuracy"], "bytes_up_total": 0}]
     curve += [
@@ -195,7 +193,8 @@ def run_federated(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
         **({"calibration": calibration} if calibration else {}),
         "bytes_up": summary["bytes_up"],
         "bytes_down": summary["bytes_down"],
-        "bytes_up_per_client_update": summary["bytes_up"] / (10 * cfg.federation.rounds),
+        "bytes_up_per_client_update": summary["bytes_up"]
+        / max(1, sum(int(r.get("clients_ok", 0)) for r in records)),
         "curve": curve,
         "rounds_log": [
             {
