@@ -51,8 +51,9 @@ FedAvg and central runs are copied from ``fed_accuracy_default_head.json`` and
 ``fed_accuracy_calibrated.json``, and its IID FedAvg run from ``fed_accuracy_diag.json``,
 same settings) and ``fed_accuracy_cohort.json`` (the issue's accuracy goal at ~2 epochs of
 examples: 5 clients per round for 40 rounds against 10 for 20, client lr decaying, CCVR,
-seeds 0-2, each with its centralized run at the same examples; the 10-per-round seed-1
-run is copied from ``fed_accuracy_calibrated.json``).
+seeds 0-4, each with its centralized run at the same examples; batch 8 and a
+classifier-only head on some seeds; the 10-per-round runs, seeds 0-2, and their central
+runs are copied from ``fed_accuracy_calibrated.json``).
 
 Timing: torch defaults to one thread per core; on a small machine shared with other jobs
 two threads were ~7x slower than one here (spin-waiting OpenMP threads), so

@@ -9,7 +9,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from fedpeft.aggregation.lora_product import LORA_AGGREGATIONS, product_aggregate
-from fedpeft.aggregation.strategy import ClientUpdate, Strategy, Tensors, weighted_mean
+from fedpeft.aggregation.strategy import (
+    ClientUpdate,
+    Strategy,
+    Tensors,
+    example_weights,
+    weighted_mean,
+)
 from fedpeft.errors import ConfigError
 
 
@@ -65,7 +71,7 @@ class FedAvg(Strategy):
         if self.server_momentum == 0.0:
             new = {k: (current[k] + self.server_lr * mean[k]).astype("float32") for k in current}
             if self.lora_aggregation == "product":
-                new.update(product_aggregate(current, updates, self.server_lr))
+                new.update(product_aggregate(current, new, updates, self.server_lr))
             return new
         out: Tensors = {}
         for k, x in current.items():
@@ -116,11 +122,9 @@ class FedExP(FedAvg):
     ) -> Tensors:
         del round_num
         mean = weighted_mean(updates)
-        total = float(sum(u.num_examples for u in updates))
         spread = sum(
-            (u.num_examples / total)
-            * sum(float(np.sum(np.square(d, dtype=np.float64))) for d in u.delta.values())
-            for u in sorted(updates, key=lambda u: u.client_id)
+            p * sum(float(np.sum(np.square(d, dtype=np.float64))) for d in u.delta.values())
+            for u, p in example_weights(updates)
         )
         norm2 = sum(float(np.sum(np.square(m, dtype=np.float64))) for m in mean.values())
         self.last_step = self.server_lr * max(1.0, spread / (2.0 * (norm2 + self.eps)))

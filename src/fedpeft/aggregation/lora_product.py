@@ -38,7 +38,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from fedpeft.aggregation.strategy import ClientUpdate, Tensors
+from fedpeft.aggregation.strategy import ClientUpdate, Tensors, example_weights
 from fedpeft.config import LORA_AGGREGATIONS
 
 __all__ = ["LORA_AGGREGATIONS", "lora_pairs", "product_aggregate", "truncated_svd"]
@@ -77,33 +77,36 @@ def truncated_svd(
 
 
 def product_aggregate(
-    current: Tensors, updates: Sequence[ClientUpdate], server_lr: float
+    current: Tensors, averaged: Tensors, updates: Sequence[ClientUpdate], server_lr: float
 ) -> Tensors:
     """New A and B of every LoRA pair in ``current`` by exact product averaging.
 
-    Returns only the LoRA tensors it re-factored; a layer whose new product is exactly
-    zero (no client moved B away from zero) is left out, so the caller keeps FedAvg's
-    factors for it.
+    ``averaged`` is FedAvg's result for the same round (current + server_lr · mean delta);
+    its A sets the norm of the new A. Returns only the LoRA tensors it re-factored; a
+    layer whose new product is exactly zero (no client moved B away from zero) is left
+    out, so the caller keeps FedAvg's factors for it.
     """
-    ordered = sorted(updates, key=lambda u: u.client_id)
-    total = float(sum(u.num_examples for u in ordered))
-    weights = [u.num_examples / total for u in ordered]
+    weighted = example_weights(updates)
     out: Tensors = {}
     for a_name, b_name in lora_pairs(current):
         a0 = current[a_name].astype(np.float64)
         b0 = current[b_name].astype(np.float64)
-        a_clients = [a0 + u.delta[a_name].astype(np.float64) for u in ordered]
-        b_clients = [b0 + u.delta[b_name].astype(np.float64) for u in ordered]
         # M = (1 − η) B₀A₀ + η Σ p_i B_i A_i, written as one product [B₀ B_1 …] [c₀A₀; c_iA_i].
-        left = np.concatenate([b0, *b_clients], axis=1)
-        scaled = [server_lr * w * a for w, a in zip(weights, a_clients, strict=True)]
-        right = np.concatenate([(1.0 - server_lr) * a0, *scaled], axis=0)
+        left = np.concatenate(
+            [b0, *(b0 + u.delta[b_name].astype(np.float64) for u, _ in weighted)], axis=1
+        )
+        right = np.concatenate(
+            [
+                (1.0 - server_lr) * a0,
+                *(server_lr * p * (a0 + u.delta[a_name].astype(np.float64)) for u, p in weighted),
+            ],
+            axis=0,
+        )
         rank = a0.shape[0]
         u, s, vt = truncated_svd(left, right, rank)
         if not s.size or s[0] == 0.0:
             continue
-        a_mean = a0 + server_lr * sum(w * (a - a0) for w, a in zip(weights, a_clients, strict=True))
-        scale = float(np.linalg.norm(a_mean)) / np.sqrt(rank)
+        scale = float(np.linalg.norm(averaged[a_name].astype(np.float64))) / np.sqrt(rank)
         if not (np.isfinite(scale) and scale > 0):
             scale = 1.0
         out[a_name] = (scale * vt).astype(np.float32)

@@ -28,19 +28,27 @@ class ClientUpdate:
     metrics: Mapping[str, float] = field(default_factory=dict)
 
 
-def weighted_mean(updates: Sequence[ClientUpdate]) -> Tensors:
-    """Σ n_i Δ_i / Σ n_i, accumulated in float64 in client-id order (deterministic)."""
+def example_weights(updates: Sequence[ClientUpdate]) -> list[tuple[ClientUpdate, float]]:
+    """Each update with its weight p_i = n_i / Σ n, in client-id order (a fixed order makes
+    float sums over clients deterministic)."""
     if not updates:
         raise ValueError("no updates to average")
     ordered = sorted(updates, key=lambda u: u.client_id)
     total = float(sum(u.num_examples for u in ordered))
     if total <= 0:
         raise ValueError("updates carry no examples")
+    return [(u, u.num_examples / total) for u in ordered]
+
+
+def weighted_mean(updates: Sequence[ClientUpdate]) -> Tensors:
+    """Σ n_i Δ_i / Σ n_i, accumulated in float64 in client-id order (deterministic)."""
+    weighted = example_weights(updates)
+    first = weighted[0][0]
     out: Tensors = {}
-    for name in ordered[0].delta:
-        acc = np.zeros(ordered[0].delta[name].shape, dtype=np.float64)
-        for u in ordered:
-            acc += (u.num_examples / total) * u.delta[name].astype(np.float64)
+    for name in first.delta:
+        acc = np.zeros(first.delta[name].shape, dtype=np.float64)
+        for u, p in weighted:
+            acc += p * u.delta[name].astype(np.float64)
         out[name] = acc.astype(np.float32)
     return out
 
