@@ -73,6 +73,14 @@ def _fraction(section: str, name: str, value: float, *, one_allowed: bool = Fals
         raise ConfigError(f"{section}.{name}", f"must be in {interval}, got {value!r}")
 
 
+def _int_in(section: str, name: str, value: int, bound_name: str, bound: int) -> None:
+    """``value`` is an integer in ``[0, bound]``; the message names ``bound_name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= bound:
+        raise ConfigError(
+            f"{section}.{name}", f"must be an integer in [0, {bound_name}={bound}], got {value!r}"
+        )
+
+
 def _one_of(section: str, name: str, value: str, allowed: typing.Iterable[str]) -> None:
     allowed = list(allowed)
     if value not in allowed:
@@ -258,6 +266,10 @@ class FederationConfig:
     client_lr_final: float = field(
         default=0.1, metadata=_help("last round's client lr as a fraction of train.lr")
     )
+    client_lr_warmup_rounds: int = field(
+        default=0,
+        metadata=_help("rounds of linear warm-up of the client lr before the schedule (0 = off)"),
+    )
     calibration: str = field(
         default="none",
         metadata=_help(
@@ -330,15 +342,17 @@ class FederationConfig:
         _non_negative("federation", "logit_adjustment", self.logit_adjustment)
         _one_of("federation", "client_lr_schedule", self.client_lr_schedule, ROUND_SCHEDULES)
         _fraction("federation", "client_lr_final", self.client_lr_final, one_allowed=True)
+        _int_in(
+            "federation",
+            "client_lr_warmup_rounds",
+            self.client_lr_warmup_rounds,
+            "rounds",
+            self.rounds,
+        )
         _one_of("federation", "calibration", self.calibration, CALIBRATIONS)
-        if not isinstance(self.calibration_clients, int) or not (
-            0 <= self.calibration_clients <= self.clients
-        ):
-            raise ConfigError(
-                "federation.calibration_clients",
-                f"must be an integer in [0, clients={self.clients}], got "
-                f"{self.calibration_clients!r}",
-            )
+        _int_in(
+            "federation", "calibration_clients", self.calibration_clients, "clients", self.clients
+        )
         _one_of("federation", "backend", self.backend, ("inprocess", "ray"))
         _positive("federation", "cpus_per_worker", self.cpus_per_worker)
         _non_negative("federation", "gpus_per_worker", self.gpus_per_worker)

@@ -52,3 +52,38 @@ def test_config_names_the_field() -> None:
         JobConfig().replace({"federation.client_lr_schedule": "exponential"})
     with pytest.raises(ConfigError, match=r"federation\.client_lr_final"):
         JobConfig().replace({"federation.client_lr_final": 1.5})
+
+
+def test_warmup_ramps_then_decays_from_the_last_warmup_round() -> None:
+    # 4 warm-up rounds of 10: 1/4, 2/4, 3/4, 1, then linear from 1 (round 4) to 0.1 (round 10)
+    factors = [round_lr_factor(r, 10, "linear", 0.1, warmup=4) for r in range(1, 11)]
+    assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert factors[4:] == pytest.approx([1 - 0.9 * k / 6 for k in range(1, 7)])
+    assert factors[-1] == pytest.approx(0.1)
+    # constant after the warm-up; a one-round warm-up changes nothing
+    assert [round_lr_factor(r, 6, "constant", 0.1, warmup=3) for r in range(1, 7)] == (
+        pytest.approx([1 / 3, 2 / 3, 1, 1, 1, 1])
+    )
+    for schedule in ("constant", "linear", "cosine"):
+        assert [round_lr_factor(r, 8, schedule, 0.2, warmup=1) for r in range(1, 9)] == [
+            round_lr_factor(r, 8, schedule, 0.2) for r in range(1, 9)
+        ]
+    # warm-up over every round: the last round reaches the full lr
+    assert round_lr_factor(5, 5, "cosine", 0.0, warmup=5) == 1.0
+    with pytest.raises(ValueError, match="warm-up"):
+        round_lr_factor(1, 5, "linear", 0.1, warmup=-1)
+
+
+def test_round_config_sends_the_warmed_up_lr_with_a_constant_schedule() -> None:
+    warm = RoundConfig({}, lr=1e-3, rounds=5, warmup=2)
+    assert [warm(r)["lr"] for r in range(1, 6)] == pytest.approx([5e-4] + [1e-3] * 4)
+
+
+def test_warmup_config_names_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"federation\.client_lr_warmup_rounds"):
+        JobConfig().replace({"federation.client_lr_warmup_rounds": -1})
+    rounds = JobConfig().federation.rounds
+    with pytest.raises(ConfigError, match=r"federation\.client_lr_warmup_rounds"):
+        JobConfig().replace({"federation.client_lr_warmup_rounds": rounds + 1})
+    cfg = JobConfig().replace({"federation.client_lr_warmup_rounds": 2})
+    assert cfg.federation.client_lr_warmup_rounds == 2

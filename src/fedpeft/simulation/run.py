@@ -139,6 +139,7 @@ def run_simulation(
                 rounds=fed.rounds,
                 schedule=fed.client_lr_schedule,
                 final=fed.client_lr_final,
+                warmup=fed.client_lr_warmup_rounds,
             ),
             hooks=hooks,
         )
