@@ -52,8 +52,11 @@ FedAvg and central runs are copied from ``fed_accuracy_default_head.json`` and
 same settings) and ``fed_accuracy_cohort.json`` (the issue's accuracy goal at ~2 epochs of
 examples: 5 clients per round for 40 rounds against 10 for 20, client lr decaying, CCVR,
 seeds 0-4, each with its centralized run at the same examples; batch 8 and a
-classifier-only head on some seeds; the 10-per-round runs, seeds 0-2, and their central
-runs are copied from ``fed_accuracy_calibrated.json``).
+classifier-only head on some seeds; FedLC (``federation.logit_adjustment = 1``) on seeds
+0-4, with a server EMA of 0.8 on seeds 0, 1, 3; FedLC at 80 rounds (~4 epochs) on seeds
+0, 1 and FedLC with 3 clients per round for 67 rounds on seeds 0-4, each with its central
+run at those examples; the 10-per-round runs, seeds 0-2, and their central runs are copied
+from ``fed_accuracy_calibrated.json``).
 
 Timing: torch defaults to one thread per core; on a small machine shared with other jobs
 two threads were ~7x slower than one here (spin-waiting OpenMP threads), so
@@ -69,6 +72,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -376,6 +380,48 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_gaps(report: dict[str, Any], path: Path) -> None:
+    """Dense-vs-central gap per seed for each settings group of ``goals_over_seeds``: one
+    row per group (labelled by the settings not shared by every group), a dot per seed,
+    a bar at the mean, the goal as a vertical line."""
+    groups = report.get("goals_over_seeds") or {}
+    if not groups:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # split "[a=1,b=['x', 'y']]" at the commas that start a new key=value
+    settings = {
+        key: set(re.split(r",(?=[\w.]+=)", key[1:-1] if key.startswith("[") else "")) - {""}
+        for key in groups
+    }
+    common = set.intersection(*settings.values())
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.55 * len(groups)))
+    for row, group in enumerate(groups.values()):
+        gaps = {int(seed): 100 * gap for seed, gap in group["gap_by_seed"].items()}
+        ax.barh(row, 100 * group["mean_gap"], color="C0", alpha=0.3, height=0.6)
+        ax.scatter(list(gaps.values()), [row] * len(gaps), color="C0", zorder=3, s=18)
+        for seed, gap in gaps.items():
+            ax.annotate(
+                str(seed), (gap, row), textcoords="offset points", xytext=(0, 5), fontsize=7
+            )
+    labels = [
+        ",".join(sorted(s - common)).replace("federation.", "") or "(common settings)"
+        for s in settings.values()
+    ]
+    ax.set_yticks(range(len(groups)), labels, fontsize=7)
+    ax.axvline(100 * GOAL_DENSE_VS_CENTRAL, color="k", ls=":", lw=1, label="goal")
+    ax.set_xlabel("gap to centralized at the same examples (points; dot = seed, bar = mean)")
+    ax.set_title("common: " + ",".join(sorted(common)).replace("federation.", ""), fontsize=7)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+
+
 def parse_set(values: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in values:
@@ -523,6 +569,7 @@ def main(argv: list[str] | None = None) -> None:
     refresh(report)
     save_report(report, args.output)
     plot(report, args.output.with_suffix(".png"))
+    plot_gaps(report, args.output.with_name(args.output.stem + "_gaps.png"))
     print_table(report)
 
 

@@ -22,10 +22,22 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
-POSITIVE = ["a wonderful, moving film", "great acting and a lovely story", "i loved every minute",
-            "brilliant and funny", "a joy to watch", "superb direction, warm heart"]
-NEGATIVE = ["a dull, boring mess", "terrible acting and a bad plot", "i hated every minute",
-            "awful and tedious", "a waste of time", "clumsy, ugly and long"]
+POSITIVE = [
+    "a wonderful, moving film",
+    "great acting and a lovely story",
+    "i loved every minute",
+    "brilliant and funny",
+    "a joy to watch",
+    "superb direction, warm heart",
+]
+NEGATIVE = [
+    "a dull, boring mess",
+    "terrible acting and a bad plot",
+    "i hated every minute",
+    "awful and tedious",
+    "a waste of time",
+    "clumsy, ugly and long",
+]
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,7 @@ FEDPEFT = [sys.executable, "-m", "fedpeft.cli.main"]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FEDPEFT, *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd)
+    return subprocess.run([*FEDPEFT, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 @pytest.mark.parametrize(
@@ -23,8 +22,10 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
         (["train", "--data", "/no/such/file.txt"], "/no/such/file.txt"),
         (["train", "--rank", "0"], "lora.r"),
         (["train", "--max-length", "0"], "data.max_length"),
-        (["simulate", "--clients", "3", "--clients-per-round", "5"],
-         "federation.clients_per_round"),
+        (
+            ["simulate", "--clients", "3", "--clients-per-round", "5"],
+            "federation.clients_per_round",
+        ),
         (["simulate", "--codec", "compeft", "--density", "10"], "codec.density"),
         (["simulate", "--codec", "compeft", "--scale", "l2"], "codec.scale"),
         (["simulate", "--strategy", "fedexq"], "federation.strategy"),

@@ -23,19 +23,27 @@ pytestmark = pytest.mark.ray
 def ray_cluster():
     # workers import this test module (the dying app) by reference: put tests/ on their path
     tests_dir = str(Path(__file__).resolve().parents[1])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": tests_dir}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"env_vars": {"PYTHONPATH": tests_dir}},
+    )
     yield
     ray.shutdown()
 
 
 def test_ray_matches_inprocess(tmp_path: Path, tiny_text_file: Path) -> None:
     # with classifier calibration: the feature-statistics tasks run on the workers too
-    common = {"federation.clients": 8, "federation.clients_per_round": 4,
-              "federation.workers": 2, "federation.calibration": "ccvr"}
+    common = {
+        "federation.clients": 8,
+        "federation.clients_per_round": 4,
+        "federation.workers": 2,
+        "federation.calibration": "ccvr",
+    }
     local = tiny_job(tiny_text_file, tmp_path / "local", **common)
-    remote = tiny_job(tiny_text_file, tmp_path / "ray", **common,
-                      **{"federation.backend": "ray"})
+    remote = tiny_job(tiny_text_file, tmp_path / "ray", **common, **{"federation.backend": "ray"})
     run_simulation(local, export=False)
     summary = run_simulation(remote, export=False)
     a, b = final_state(tmp_path / "local"), final_state(tmp_path / "ray")
@@ -46,8 +54,8 @@ def test_ray_matches_inprocess(tmp_path: Path, tiny_text_file: Path) -> None:
     assert all(r["clients_ok"] == 4 for r in lines)
     assert lines[-1]["calibration_clients"] == 8
     assert summary["final_eval_loss"] == pytest.approx(
-        json.loads((tmp_path / "local" / "summary.json").read_text())["final_eval_loss"],
-        rel=1e-4)
+        json.loads((tmp_path / "local" / "summary.json").read_text())["final_eval_loss"], rel=1e-4
+    )
 
 
 class _DyingApp(LoraClientApp):
@@ -67,9 +75,18 @@ def _dying_factory(cfg):  # module level: Ray pickles it by reference
 
 
 def test_worker_death_is_retried(tmp_path: Path, tiny_text_file: Path) -> None:
-    cfg = tiny_job(tiny_text_file, tmp_path / "run", **{
-        "federation.backend": "ray", "federation.clients": 4, "federation.clients_per_round": 4,
-        "federation.rounds": 1, "federation.workers": 2, "federation.worker_retries": 1})
+    cfg = tiny_job(
+        tiny_text_file,
+        tmp_path / "run",
+        **{
+            "federation.backend": "ray",
+            "federation.clients": 4,
+            "federation.clients_per_round": 4,
+            "federation.rounds": 1,
+            "federation.workers": 2,
+            "federation.worker_retries": 1,
+        },
+    )
     run_simulation(cfg, app_factory=_dying_factory(cfg), export=False)
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert (tmp_path / "run" / "died-once").exists()

@@ -18,10 +18,18 @@ from fedpeft.simulation import run_simulation
 
 def tiny_job(data: Path, out: Path, **overrides: object) -> JobConfig:
     base = {
-        "data.train": str(data), "data.eval": str(data), "output": str(out),
-        "federation.clients": 6, "federation.clients_per_round": 3, "federation.rounds": 2,
-        "federation.partition": "iid", "train.max_steps": 2, "train.batch_size": 4,
-        "train.lr": 5e-3, "train.threads": 1, "data.max_length": 32,
+        "data.train": str(data),
+        "data.eval": str(data),
+        "output": str(out),
+        "federation.clients": 6,
+        "federation.clients_per_round": 3,
+        "federation.rounds": 2,
+        "federation.partition": "iid",
+        "train.max_steps": 2,
+        "train.batch_size": 4,
+        "train.lr": 5e-3,
+        "train.threads": 1,
+        "data.max_length": 32,
     }
     base.update(overrides)
     return JobConfig().replace(base)
@@ -32,9 +40,15 @@ def final_state(run: Path) -> dict[str, np.ndarray]:
 
 
 def test_simulation_writes_rounds_and_improves(tmp_path: Path, tiny_text_file: Path) -> None:
-    cfg = tiny_job(tiny_text_file, tmp_path / "run", **{
-        "federation.rounds": 3, "federation.client_lr_schedule": "linear",
-        "federation.client_lr_final": 0.5})
+    cfg = tiny_job(
+        tiny_text_file,
+        tmp_path / "run",
+        **{
+            "federation.rounds": 3,
+            "federation.client_lr_schedule": "linear",
+            "federation.client_lr_final": 0.5,
+        },
+    )
     summary = run_simulation(cfg)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in lines] == [1, 2, 3]
@@ -49,9 +63,11 @@ def test_simulation_writes_rounds_and_improves(tmp_path: Path, tiny_text_file: P
 
 
 def test_resume_equals_uninterrupted(tmp_path: Path, tiny_text_file: Path) -> None:
-    full = tiny_job(tiny_text_file, tmp_path / "full", **{"federation.rounds": 3,
-                                                          "federation.strategy": "fedadam",
-                                                          "federation.server_lr": 0.01})
+    full = tiny_job(
+        tiny_text_file,
+        tmp_path / "full",
+        **{"federation.rounds": 3, "federation.strategy": "fedadam", "federation.server_lr": 0.01},
+    )
     run_simulation(full, export=False)
     part = full.replace({"output": str(tmp_path / "part"), "federation.rounds": 2})
     run_simulation(part, export=False)
@@ -66,8 +82,11 @@ def test_resume_equals_uninterrupted(tmp_path: Path, tiny_text_file: Path) -> No
 
 
 def test_fedexp_logs_its_server_step(tmp_path: Path, tiny_text_file: Path) -> None:
-    cfg = tiny_job(tiny_text_file, tmp_path / "run", **{"federation.strategy": "fedexp",
-                                                         "federation.server_ema": 0.5})
+    cfg = tiny_job(
+        tiny_text_file,
+        tmp_path / "run",
+        **{"federation.strategy": "fedexp", "federation.server_ema": 0.5},
+    )
     summary = run_simulation(cfg, export=False)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in lines] == [1, 2]
@@ -78,8 +97,7 @@ def test_fedexp_logs_its_server_step(tmp_path: Path, tiny_text_file: Path) -> No
 def test_product_aggregation_round_trip(tmp_path: Path, tiny_text_file: Path) -> None:
     # the re-factored adapter is an ordinary rank-r LoRA adapter: A = c·Vᵣᵀ has orthogonal
     # rows of one length, B carries the singular values, and training goes on from it
-    cfg = tiny_job(tiny_text_file, tmp_path / "run",
-                   **{"federation.lora_aggregation": "product"})
+    cfg = tiny_job(tiny_text_file, tmp_path / "run", **{"federation.lora_aggregation": "product"})
     summary = run_simulation(cfg, export=False)
     assert summary["rounds"] == 2 and np.isfinite(summary["final_eval_loss"])
     state = final_state(tmp_path / "run")
@@ -108,10 +126,14 @@ class _PoisonedApp(LoraClientApp):
 
 
 def test_bad_updates_are_rejected_not_averaged(tmp_path: Path, tiny_text_file: Path) -> None:
-    cfg = tiny_job(tiny_text_file, tmp_path / "run", **{
-        "federation.clients": 4, "federation.clients_per_round": 4, "federation.rounds": 1})
-    summary = run_simulation(cfg, app_factory=lambda name: _PoisonedApp(cfg, name=name),
-                             export=False)
+    cfg = tiny_job(
+        tiny_text_file,
+        tmp_path / "run",
+        **{"federation.clients": 4, "federation.clients_per_round": 4, "federation.rounds": 1},
+    )
+    summary = run_simulation(
+        cfg, app_factory=lambda name: _PoisonedApp(cfg, name=name), export=False
+    )
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert record["clients_ok"] == 1 and record["clients_rejected"] == 3
     assert "shape" in record["rejected"]["0"]
@@ -123,10 +145,19 @@ def test_bad_updates_are_rejected_not_averaged(tmp_path: Path, tiny_text_file: P
 
 
 def test_compressed_uplink_and_delta_downlink(tmp_path: Path, tiny_text_file: Path) -> None:
-    cfg = tiny_job(tiny_text_file, tmp_path / "run", **{
-        "federation.clients": 3, "federation.clients_per_round": 3, "federation.rounds": 2,
-        "codec.name": "compeft", "codec.density": 0.1, "codec.error_feedback": True,
-        "codec.downlink": "compeft"})
+    cfg = tiny_job(
+        tiny_text_file,
+        tmp_path / "run",
+        **{
+            "federation.clients": 3,
+            "federation.clients_per_round": 3,
+            "federation.rounds": 2,
+            "codec.name": "compeft",
+            "codec.density": 0.1,
+            "codec.error_feedback": True,
+            "codec.downlink": "compeft",
+        },
+    )
     run_simulation(cfg, export=False)
     r1, r2 = (json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
     n_params = sum(v.size for v in final_state(tmp_path / "run").values())
@@ -143,9 +174,15 @@ def test_compressed_uplink_and_delta_downlink(tmp_path: Path, tiny_text_file: Pa
 def test_ccvr_calibrates_minilm_classifier(tmp_path: Path, tiny_text_file: Path) -> None:
     """CCVR with the real model: clients report statistics of the features entering the
     PEFT copy of BERT's classifier; only that layer changes; the PEFT export carries it."""
-    cfg = tiny_job(tiny_text_file, tmp_path / "run", **{
-        "federation.rounds": 1, "federation.calibration": "ccvr",
-        "federation.calibration_clients": 4})
+    cfg = tiny_job(
+        tiny_text_file,
+        tmp_path / "run",
+        **{
+            "federation.rounds": 1,
+            "federation.calibration": "ccvr",
+            "federation.calibration_clients": 4,
+        },
+    )
     summary = run_simulation(cfg)
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["calibration_clients"] == 4
@@ -166,8 +203,12 @@ def test_ccvr_calibrates_minilm_classifier(tmp_path: Path, tiny_text_file: Path)
 
     peft_file = tmp_path / "run" / "adapter" / "adapter_model.safetensors"
     weights = load_torch(str(peft_file))
-    key = next(k for k in weights if k.endswith("classifier.modules_to_save.default.weight")
-               or k.endswith("classifier.weight"))
+    key = next(
+        k
+        for k in weights
+        if k.endswith("classifier.modules_to_save.default.weight")
+        or k.endswith("classifier.weight")
+    )
     np.testing.assert_allclose(
-        weights[key].numpy(),
-        exported["base_model.model.classifier.modules_to_save.default.weight"])
+        weights[key].numpy(), exported["base_model.model.classifier.modules_to_save.default.weight"]
+    )

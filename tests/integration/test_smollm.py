@@ -21,11 +21,19 @@ def test_smollm2_instruction_tuning_and_export(tmp_path: Path) -> None:
     records = json.loads(alpaca.read_text())
     held_out = tmp_path / "heldout.json"
     held_out.write_text(json.dumps(records[200:216]))
-    cfg = JobConfig().replace({
-        "model.name": "smollm2-135m", "data.train": str(alpaca), "data.eval": str(held_out),
-        "data.max_train_examples": 32, "data.max_length": 128, "train.batch_size": 8,
-        "train.max_steps": 4, "train.lr": 1e-3, "output": str(tmp_path / "run"),
-    })
+    cfg = JobConfig().replace(
+        {
+            "model.name": "smollm2-135m",
+            "data.train": str(alpaca),
+            "data.eval": str(held_out),
+            "data.max_train_examples": 32,
+            "data.max_length": 128,
+            "train.batch_size": 8,
+            "train.max_steps": 4,
+            "train.lr": 1e-3,
+            "output": str(tmp_path / "run"),
+        }
+    )
     record = run_central(cfg)
     assert record["eval_perplexity"] < record["initial_eval_perplexity"]
     info = export_adapter(tmp_path / "run", tmp_path / "adapter")

@@ -21,10 +21,16 @@ from fedpeft.training.loop import predict
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_text_file: Path) -> Path:
     out = tmp_path_factory.mktemp("run") / "tiny"
-    cfg = JobConfig().replace({
-        "data.train": str(tiny_text_file), "data.eval": str(tiny_text_file),
-        "train.max_steps": 6, "train.lr": 5e-3, "train.threads": 2, "output": str(out),
-    })
+    cfg = JobConfig().replace(
+        {
+            "data.train": str(tiny_text_file),
+            "data.eval": str(tiny_text_file),
+            "train.max_steps": 6,
+            "train.lr": 5e-3,
+            "train.threads": 2,
+            "output": str(out),
+        }
+    )
     record = run_central(cfg)
     assert record["step"] == 6
     return out

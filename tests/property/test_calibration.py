@@ -45,8 +45,9 @@ def test_merged_client_stats_equal_pooled_stats(
         np.testing.assert_allclose(mean[c], xc.mean(axis=0), rtol=1e-5, atol=1e-5)
         if len(xc) > 1:  # unbiased covariance, float32 on the wire
             scale = max(1.0, float(np.abs(xc).max()) ** 2)
-            np.testing.assert_allclose(cov[c], np.cov(xc.T, ddof=1).reshape(cov[c].shape),
-                                       rtol=1e-4, atol=1e-4 * scale)
+            np.testing.assert_allclose(
+                cov[c], np.cov(xc.T, ddof=1).reshape(cov[c].shape), rtol=1e-4, atol=1e-4 * scale
+            )
 
 
 @SETTINGS

@@ -13,8 +13,9 @@ from fedpeft.errors import ConfigError
 
 
 def _updates(values: list[tuple[int, float]]) -> list[ClientUpdate]:
-    return [ClientUpdate(i, n, {"w": np.full((2, 3), v, np.float32)})
-            for i, (n, v) in enumerate(values)]
+    return [
+        ClientUpdate(i, n, {"w": np.full((2, 3), v, np.float32)}) for i, (n, v) in enumerate(values)
+    ]
 
 
 def test_fedavg_is_weighted_mean() -> None:
@@ -64,8 +65,10 @@ def test_fedadam_hand_computed_step() -> None:
     eta, b1, b2, tau = 0.1, 0.9, 0.99, 1e-3
     opt = FedAdam(server_lr=eta, beta1=b1, beta2=b2, tau=tau)
     x = {"w": np.array([1.0, -2.0], np.float32)}
-    ups = [ClientUpdate(0, 1, {"w": np.array([0.2, -0.4], np.float32)}),
-           ClientUpdate(1, 3, {"w": np.array([0.6, 0.0], np.float32)})]
+    ups = [
+        ClientUpdate(0, 1, {"w": np.array([0.2, -0.4], np.float32)}),
+        ClientUpdate(1, 3, {"w": np.array([0.6, 0.0], np.float32)}),
+    ]
     g = np.array([(0.2 + 3 * 0.6) / 4, (-0.4 + 0) / 4])
     m = (1 - b1) * g
     v = b2 * tau**2 + (1 - b2) * g**2
@@ -137,11 +140,15 @@ def test_fedexp_weighted_and_never_below_fedavg() -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 100), st.floats(-10, 10)), min_size=1, max_size=8),
-       st.floats(1e-6, 1.0))
+@given(
+    st.lists(st.tuples(st.integers(1, 100), st.floats(-10, 10)), min_size=1, max_size=8),
+    st.floats(1e-6, 1.0),
+)
 def test_fedexp_step_is_formula(values: list[tuple[int, float]], eps: float) -> None:
-    ups = [ClientUpdate(i, n, {"w": np.array([v, -v / 2], np.float32)})
-           for i, (n, v) in enumerate(values)]
+    ups = [
+        ClientUpdate(i, n, {"w": np.array([v, -v / 2], np.float32)})
+        for i, (n, v) in enumerate(values)
+    ]
     opt = FedExP(eps=eps)
     opt.aggregate_train(1, {"w": np.zeros(2, np.float32)}, ups)
     vecs = np.array([[np.float32(v), np.float32(-v / 2)] for _, v in values], np.float64)

@@ -36,7 +36,10 @@ def _stats(n: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
 def test_feature_stats_names_and_shapes() -> None:
     stats = _stats()
     assert {k: v.shape for k, v in stats.items()} == {
-        "clf.class_count": (2,), "clf.class_mean": (2, 3), "clf.class_scatter": (2, 6)}
+        "clf.class_count": (2,),
+        "clf.class_mean": (2, 3),
+        "clf.class_scatter": (2, 6),
+    }
     assert check_feature_stats(stats, SHAPES, client_id=1) == "clf"
     with pytest.raises(ValueError, match="labels must be in"):
         feature_stats("clf", np.zeros((2, 3)), np.array([0, 2]), 2)
@@ -115,8 +118,10 @@ class _Drifted:
         self.y = np.repeat([0, 1], 200)
 
     def initial_state(self) -> dict[str, np.ndarray]:
-        return {"clf.weight": np.array([[-1.0], [1.0]], np.float32),
-                "clf.bias": np.array([0.0, 6.0], np.float32)}
+        return {
+            "clf.weight": np.array([[-1.0], [1.0]], np.float32),
+            "clf.bias": np.array([0.0, 6.0], np.float32),
+        }
 
     def train(self, task: TrainTask) -> TrainResult:
         held = apply_downlink(FULL_WEIGHTS_CODEC, task)
@@ -125,11 +130,16 @@ class _Drifted:
             stats = feature_stats("clf", self.x[idx], self.y[idx], 2)
             if task.client_id == 3:  # one client sends garbage: rejected, not merged
                 stats["clf.class_mean"] = np.zeros((2, 5), np.float32)
-            return TrainResult(task.round, task.client_id, num_examples=len(idx),
-                               payload=FULL_WEIGHTS_CODEC.encode(stats))
+            return TrainResult(
+                task.round,
+                task.client_id,
+                num_examples=len(idx),
+                payload=FULL_WEIGHTS_CODEC.encode(stats),
+            )
         delta = {k: np.zeros_like(v) for k, v in held.items()}
-        return TrainResult(task.round, task.client_id, num_examples=1,
-                           payload=FULL_WEIGHTS_CODEC.encode(delta))
+        return TrainResult(
+            task.round, task.client_id, num_examples=1, payload=FULL_WEIGHTS_CODEC.encode(delta)
+        )
 
     def evaluate(self, params: dict[str, np.ndarray]) -> dict[str, float]:
         logits = self.x @ params["clf.weight"].T + params["clf.bias"]
@@ -137,10 +147,18 @@ class _Drifted:
 
 
 def _job(data: Path, out: Path, rounds: int, calibration: str = "ccvr") -> JobConfig:
-    return JobConfig().replace({
-        "data.train": str(data), "data.eval": str(data), "output": str(out),
-        "federation.clients": 4, "federation.clients_per_round": 2, "federation.rounds": rounds,
-        "federation.partition": "iid", "federation.calibration": calibration})
+    return JobConfig().replace(
+        {
+            "data.train": str(data),
+            "data.eval": str(data),
+            "output": str(out),
+            "federation.clients": 4,
+            "federation.clients_per_round": 2,
+            "federation.rounds": rounds,
+            "federation.partition": "iid",
+            "federation.calibration": calibration,
+        }
+    )
 
 
 def _run(cfg: JobConfig, resume: bool = False) -> list[dict[str, Any]]:
@@ -158,8 +176,10 @@ def test_engine_calibrates_the_last_round_only(tmp_path: Path, tiny_text_file: P
     assert last["uncalibrated_eval_accuracy"] == 0.5
     assert last["eval_accuracy"] > 0.95
     assert last["calibration_bytes_up"] > 0 and last["calibration_bytes_down"] > 0
-    assert last["bytes_up_total"] == first["bytes_up"] + last["bytes_up"] + last[
-        "calibration_bytes_up"]
+    assert (
+        last["bytes_up_total"]
+        == first["bytes_up"] + last["bytes_up"] + last["calibration_bytes_up"]
+    )
     run = tmp_path / "run"
     exported = load_file(str(run / "adapter_state.safetensors"))
     trained = load_file(str(run / "checkpoint" / "global.safetensors"))

@@ -18,8 +18,10 @@ BAD = [
     ({"train.schedule": "cosine"}, "train.schedule"),
     ({"train.optimizer": "lamb"}, "train.optimizer"),
     ({"train.momentum": 1.0}, "train.momentum"),
-    ({"federation.clients": 10, "federation.clients_per_round": 20},
-     "federation.clients_per_round"),
+    (
+        {"federation.clients": 10, "federation.clients_per_round": 20},
+        "federation.clients_per_round",
+    ),
     ({"federation.strategy": "fedsgd"}, "federation.strategy"),
     ({"federation.backend": "dask"}, "federation.backend"),
     ({"codec.density": 0.0}, "codec.density"),
@@ -41,8 +43,14 @@ def test_invalid_values_name_the_field(overrides: dict, field: str) -> None:
 
 
 def test_toml_round_trip(tmp_path: Path) -> None:
-    cfg = JobConfig().replace({"federation.rounds": 7, "lora.target_modules": ["query"],
-                               "codec.error_feedback": True, "output": "x"})
+    cfg = JobConfig().replace(
+        {
+            "federation.rounds": 7,
+            "lora.target_modules": ["query"],
+            "codec.error_feedback": True,
+            "output": "x",
+        }
+    )
     path = tmp_path / "job.toml"
     path.write_text(dump_toml(cfg))
     assert load_config(path) == cfg
@@ -66,8 +74,9 @@ def test_unknown_field_and_wrong_type(tmp_path: Path) -> None:
 def test_none_overrides_keep_file_values(tmp_path: Path) -> None:
     path = tmp_path / "job.toml"
     path.write_text("[federation]\nrounds = 9\n")
-    cfg = load_config(path).replace({"federation.rounds": None, "federation.clients": 20,
-                                     "federation.clients_per_round": 4})
+    cfg = load_config(path).replace(
+        {"federation.rounds": None, "federation.clients": 20, "federation.clients_per_round": 4}
+    )
     assert cfg.federation.rounds == 9
     assert cfg.federation.clients == 20
 
@@ -82,4 +91,5 @@ def test_readme_experiment_file_loads(tmp_path: Path) -> None:
     path = tmp_path / "exp.toml"
     path.write_text(match.group(1))
     cfg = load_config(path)
-    assert cfg.federation.rounds == 20 and cfg.codec.name == "dense"
+    assert cfg.federation.rounds == 40 and cfg.codec.name == "dense"
+    assert cfg.federation.logit_adjustment == 1.0 and cfg.federation.calibration == "ccvr"

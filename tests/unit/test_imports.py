@@ -10,8 +10,14 @@ import pytest
 
 @pytest.mark.parametrize(
     "module",
-    ["fedpeft.client", "fedpeft.client.mods", "fedpeft.client.codecs",
-     "fedpeft.simulation", "fedpeft.simulation.ray_backend", "fedpeft.coordinator.messages"],
+    [
+        "fedpeft.client",
+        "fedpeft.client.mods",
+        "fedpeft.client.codecs",
+        "fedpeft.simulation",
+        "fedpeft.simulation.ray_backend",
+        "fedpeft.coordinator.messages",
+    ],
 )
 def test_wire_side_modules_do_not_import_torch(module: str) -> None:
     code = f"import sys, {module}; print('torch' in sys.modules)"

@@ -27,18 +27,27 @@ class _PlusOne:
     def train(self, task: TrainTask) -> TrainResult:
         held = apply_downlink(FULL_WEIGHTS_CODEC, task)
         delta = {k: np.ones_like(v) for k, v in held.items()}
-        return TrainResult(task.round, task.client_id, num_examples=1,
-                           payload=FULL_WEIGHTS_CODEC.encode(delta))
+        return TrainResult(
+            task.round, task.client_id, num_examples=1, payload=FULL_WEIGHTS_CODEC.encode(delta)
+        )
 
     def evaluate(self, params: dict[str, np.ndarray]) -> dict[str, float]:
         return {"eval_accuracy": float(params["w"][0])}
 
 
 def _job(data: Path, out: Path, rounds: int, ema: float) -> JobConfig:
-    return JobConfig().replace({
-        "data.train": str(data), "data.eval": str(data), "output": str(out),
-        "federation.clients": 4, "federation.clients_per_round": 2, "federation.rounds": rounds,
-        "federation.partition": "iid", "federation.server_ema": ema})
+    return JobConfig().replace(
+        {
+            "data.train": str(data),
+            "data.eval": str(data),
+            "output": str(out),
+            "federation.clients": 4,
+            "federation.clients_per_round": 2,
+            "federation.rounds": rounds,
+            "federation.partition": "iid",
+            "federation.server_ema": ema,
+        }
+    )
 
 
 def _run(cfg: JobConfig, resume: bool = False) -> list[dict[str, Any]]:

@@ -92,8 +92,9 @@ class _TinyClassifier(torch.nn.Module):
 def _drift(mu: float) -> float:
     from fedpeft.training.loop import train_local
 
-    data = ClassificationData([f"w{i} x{i % 3}" for i in range(32)], [i % 2 for i in range(32)],
-                              ["a", "b"])
+    data = ClassificationData(
+        [f"w{i} x{i % 3}" for i in range(32)], [i % 2 for i in range(32)], ["a", "b"]
+    )
     enc = encode(_Tok(), data, max_length=8)
     model = _TinyClassifier()
     start = [p.detach().clone() for p in model.parameters()]
@@ -111,16 +112,25 @@ def test_sgd_client_takes_the_plain_gradient_step() -> None:
     """optimizer=sgd, momentum 0: one step moves every weight by exactly −lr·∇L."""
     from fedpeft.training.loop import train_local
 
-    data = ClassificationData(["good movie", "bad film", "great", "awful"], [1, 0, 1, 0],
-                              ["n", "p"])
+    data = ClassificationData(
+        ["good movie", "bad film", "great", "awful"], [1, 0, 1, 0], ["n", "p"]
+    )
     enc = encode(_Tok(), data, max_length=8)
     model = _TinyClassifier()
     batch = next(iter(enc.batches(4, generator=torch.Generator().manual_seed(0))))
     model.zero_grad()
     model(**batch).loss.backward()
     expected = [(p - 0.3 * p.grad).detach().clone() for p in model.parameters()]
-    cfg = TrainConfig(optimizer="sgd", momentum=0.0, lr=0.3, max_steps=1, batch_size=4,
-                      warmup_ratio=0.0, schedule="constant", max_grad_norm=None)
+    cfg = TrainConfig(
+        optimizer="sgd",
+        momentum=0.0,
+        lr=0.3,
+        max_steps=1,
+        batch_size=4,
+        warmup_ratio=0.0,
+        schedule="constant",
+        max_grad_norm=None,
+    )
     train_local(model, enc, cfg, seed=0)
     for p, e in zip(model.parameters(), expected, strict=True):
         torch.testing.assert_close(p, e)
