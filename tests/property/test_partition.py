@@ -25,14 +25,21 @@ def problems(draw: st.DrawFn) -> dict[str, Any]:
     labels = draw(st.lists(st.integers(0, num_classes - 1), min_size=1, max_size=300))
     num_clients = draw(st.integers(1, min(len(labels), 25)))
     per_client_max = len(labels) // num_clients
+    scheme = draw(st.sampled_from(list(PartitionScheme)))
+    shards_per_client = draw(st.integers(1, min(3, per_client_max)))
+    # shards: array_split makes shards of floor(n/S) or one more, dealt at random, so a
+    # client is only sure of shards_per_client * floor(n/S) examples
+    guaranteed = per_client_max
+    if scheme is PartitionScheme.SHARDS:
+        guaranteed = shards_per_client * (len(labels) // (num_clients * shards_per_client))
     return {
         "labels": labels,
         "num_clients": num_clients,
-        "scheme": draw(st.sampled_from(list(PartitionScheme))),
+        "scheme": scheme,
         "alpha": draw(st.floats(0.05, 20.0)),
-        "shards_per_client": draw(st.integers(1, min(3, per_client_max))),
+        "shards_per_client": shards_per_client,
         "seed": draw(st.integers(0, 2**32 - 1)),
-        "min_size": draw(st.integers(0, min(3, per_client_max))),
+        "min_size": draw(st.integers(0, min(3, guaranteed))),
     }
 
 
