@@ -54,9 +54,10 @@ examples: 5 clients per round for 40 rounds against 10 for 20, client lr decayin
 seeds 0-4, each with its centralized run at the same examples; batch 8 and a
 classifier-only head on some seeds; FedLC (``federation.logit_adjustment = 1``) on seeds
 0-4, with a server EMA of 0.8 on seeds 0, 1, 3; FedLC at 80 rounds (~4 epochs) on seeds
-0, 1 and FedLC with 3 clients per round for 67 rounds on seeds 0-4, each with its central
-run at those examples; the 10-per-round runs, seeds 0-2, and their central runs are copied
-from ``fed_accuracy_calibrated.json``).
+0, 1 and FedLC with 3 clients per round for 67 rounds on seeds 0-4 (seed 2 also with
+client lr warm-up 5 and with client lr 2e-3), each with its central run at those
+examples; the 10-per-round runs, seeds 0-2, and their central runs are copied from
+``fed_accuracy_calibrated.json``).
 
 Timing: torch defaults to one thread per core; on a small machine shared with other jobs
 two threads were ~7x slower than one here (spin-waiting OpenMP threads), so
