@@ -55,8 +55,8 @@ seeds 0-4, each with its centralized run at the same examples; batch 8 and a
 classifier-only head on some seeds; FedLC (``federation.logit_adjustment = 1``) on seeds
 0-4, with a server EMA of 0.8 on seeds 0, 1, 3; FedLC at 80 rounds (~4 epochs) on seeds
 0, 1 and FedLC with 3 clients per round for 67 rounds on seeds 0-4 (also at client lr
-2e-3 on seeds 0-2, and with client lr warm-up 5 on seed 2), each with its central run at those
-examples; the 10-per-round runs, seeds 0-2, and their central runs are copied from
+2e-3 on seeds 0-2, and with client lr warm-up 5 on seed 2), each with its central run at
+those examples; the 10-per-round runs, seeds 0-2, and their central runs are copied from
 ``fed_accuracy_calibrated.json``).
 
 Timing: torch defaults to one thread per core; on a small machine shared with other jobs
@@ -393,11 +393,7 @@ def plot_gaps(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # split "[a=1,b=['x', 'y']]" at the commas that start a new key=value
-    settings = {
-        key: set(re.split(r",(?=[\w.]+=)", key[1:-1] if key.startswith("[") else "")) - {""}
-        for key in groups
-    }
+    settings = {key: set(split_settings(key)) for key in groups}
     common = set.intersection(*settings.values())
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.55 * len(groups)))
     for row, group in enumerate(groups.values()):
@@ -494,6 +490,14 @@ def refresh(report: dict[str, Any]) -> None:
     report["goals_over_seeds"] = goals_over_seeds(report["goals"])
 
 
+def split_settings(suffix: str) -> list[str]:
+    """The ``key=value`` items of a settings suffix ``"[a=1,b=['x', 'y']]"``, split only at
+    the commas that start a new key (``"baseline"``: none)."""
+    if not suffix.startswith("["):
+        return []
+    return [item for item in re.split(r",(?=[\w.]+=)", suffix[1:-1]) if item]
+
+
 def goals_over_seeds(by_suffix: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The dense-vs-central gap of settings groups that differ only in ``train.seed``,
     side by side, with their mean (a single 872-sentence dev accuracy moves by a point or
@@ -503,13 +507,12 @@ def goals_over_seeds(by_suffix: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for suffix, checks in by_suffix.items():
         if "dense_vs_central" not in checks:
             continue
-        settings = suffix.strip("[]").split(",") if suffix != "baseline" else []
         seed = 0
         kept = []
-        for item in settings:
+        for item in split_settings(suffix):
             if item.startswith("train.seed="):
                 seed = int(item.partition("=")[2])
-            elif item:
+            else:
                 kept.append(item)
         key = "[" + ",".join(kept) + "]" if kept else "baseline"
         groups.setdefault(key, {})[seed] = checks["dense_vs_central"]["gap"]
