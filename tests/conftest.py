@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from fedpeft.config import JobConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -51,3 +57,32 @@ def tiny_text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
             lines.append(f"0 {n} {i}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def small_job(data: Path, out: Path, rounds: int, **federation: Any) -> JobConfig:
+    """A 4-client IID federation, 2 clients per round, with ``data`` as both training and
+    evaluation set; ``federation`` adds ``federation.<key>`` settings."""
+    from fedpeft.config import JobConfig
+
+    settings: dict[str, Any] = {
+        "data.train": str(data),
+        "data.eval": str(data),
+        "output": str(out),
+        "federation.clients": 4,
+        "federation.clients_per_round": 2,
+        "federation.rounds": rounds,
+        "federation.partition": "iid",
+    }
+    settings.update({f"federation.{key}": value for key, value in federation.items()})
+    return JobConfig().replace(settings)
+
+
+def run_records(
+    cfg: JobConfig, app_factory: Callable[[str], Any], resume: bool = False
+) -> list[dict[str, Any]]:
+    """Run the simulation in process (no export) and return its metrics.jsonl records."""
+    from fedpeft.simulation import run_simulation
+
+    run_simulation(cfg, resume=resume, app_factory=app_factory, export=False)
+    lines = (Path(cfg.output) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]

@@ -3,7 +3,6 @@ and the engine's calibration step (what is evaluated, exported, checkpointed, re
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from conftest import run_records, small_job
 from fedpeft.aggregation.calibration import (
     check_feature_stats,
     feature_stats,
@@ -23,7 +23,6 @@ from fedpeft.compression import FULL_WEIGHTS_CODEC
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.messages import TrainResult, TrainTask
 from fedpeft.errors import ConfigError, UpdateRejected
-from fedpeft.simulation import run_simulation
 
 SHAPES = {"clf.weight": (2, 3), "clf.bias": (2,)}
 
@@ -147,24 +146,11 @@ class _Drifted:
 
 
 def _job(data: Path, out: Path, rounds: int, calibration: str = "ccvr") -> JobConfig:
-    return JobConfig().replace(
-        {
-            "data.train": str(data),
-            "data.eval": str(data),
-            "output": str(out),
-            "federation.clients": 4,
-            "federation.clients_per_round": 2,
-            "federation.rounds": rounds,
-            "federation.partition": "iid",
-            "federation.calibration": calibration,
-        }
-    )
+    return small_job(data, out, rounds, calibration=calibration)
 
 
 def _run(cfg: JobConfig, resume: bool = False) -> list[dict[str, Any]]:
-    run_simulation(cfg, resume=resume, app_factory=lambda name: _Drifted(), export=False)
-    lines = (Path(cfg.output) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(x) for x in lines]
+    return run_records(cfg, lambda name: _Drifted(), resume=resume)
 
 
 def test_engine_calibrates_the_last_round_only(tmp_path: Path, tiny_text_file: Path) -> None:

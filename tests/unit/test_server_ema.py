@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +9,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from conftest import run_records, small_job
 from fedpeft.client.codecs import apply_downlink
 from fedpeft.compression import FULL_WEIGHTS_CODEC
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.messages import TrainResult, TrainTask
 from fedpeft.errors import ConfigError
-from fedpeft.simulation import run_simulation
 
 
 class _PlusOne:
@@ -36,24 +35,11 @@ class _PlusOne:
 
 
 def _job(data: Path, out: Path, rounds: int, ema: float) -> JobConfig:
-    return JobConfig().replace(
-        {
-            "data.train": str(data),
-            "data.eval": str(data),
-            "output": str(out),
-            "federation.clients": 4,
-            "federation.clients_per_round": 2,
-            "federation.rounds": rounds,
-            "federation.partition": "iid",
-            "federation.server_ema": ema,
-        }
-    )
+    return small_job(data, out, rounds, server_ema=ema)
 
 
 def _run(cfg: JobConfig, resume: bool = False) -> list[dict[str, Any]]:
-    run_simulation(cfg, resume=resume, app_factory=lambda name: _PlusOne(), export=False)
-    lines = (Path(cfg.output) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(x) for x in lines]
+    return run_records(cfg, lambda name: _PlusOne(), resume=resume)
 
 
 def test_ema_is_evaluated_and_exported(tmp_path: Path, tiny_text_file: Path) -> None:
