@@ -91,5 +91,6 @@ def test_readme_experiment_file_loads(tmp_path: Path) -> None:
     path = tmp_path / "exp.toml"
     path.write_text(match.group(1))
     cfg = load_config(path)
-    assert cfg.federation.rounds == 40 and cfg.codec.name == "dense"
+    assert cfg.federation.rounds == 67 and cfg.federation.clients_per_round == 3
+    assert cfg.train.lr == 2e-3 and cfg.codec.name == "dense"
     assert cfg.federation.logit_adjustment == 1.0 and cfg.federation.calibration == "ccvr"
