@@ -55,7 +55,7 @@ seeds 0-4, each with its centralized run at the same examples; batch 8 and a
 classifier-only head on some seeds; FedLC (``federation.logit_adjustment = 1``) on seeds
 0-4, with a server EMA of 0.8 on seeds 0, 1, 3; FedLC at 80 rounds (~4 epochs) on seeds
 0, 1 and FedLC with 3 clients per round for 67 rounds on seeds 0-4 (also at client lr
-2e-3 on seeds 0-9 -- seeds 5-9 held out after choosing that setting -- and with client lr
+2e-3 on seeds 0-14 -- seeds 5-14 held out after choosing that setting -- and with client lr
 warm-up 5 on seed 2), each with its central run at those examples; the 10-per-round
 runs, seeds 0-2, and their central runs are copied from
 ``fed_accuracy_calibrated.json``).
