@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -81,8 +80,8 @@ def run_records(
     cfg: JobConfig, app_factory: Callable[[str], Any], resume: bool = False
 ) -> list[dict[str, Any]]:
     """Run the simulation in process (no export) and return its metrics.jsonl records."""
+    from fedpeft.rundir import RunDir
     from fedpeft.simulation import run_simulation
 
     run_simulation(cfg, resume=resume, app_factory=app_factory, export=False)
-    lines = (Path(cfg.output) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    return RunDir(cfg.output).read_metrics()
