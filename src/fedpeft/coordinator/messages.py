@@ -41,8 +41,18 @@ class TrainTask:
     indices: np.ndarray | None = None  # simulation: the virtual client's data shard
     config: dict[str, Any] = field(default_factory=dict)
     # "train": train and send an update; "feature_stats": send the per-class statistics
-    # of the output layer's input features for classifier calibration (CCVR)
+    # of the output layer's input features for classifier calibration (CCVR); under secure
+    # aggregation also the protocol stages (see TASK_KINDS)
     kind: str = "train"
+    # secure aggregation: the server's message for this stage (opaque framed bytes of
+    # fedpeft.privacy.secagg; empty when SecAgg is off). Counted in bytes_down.
+    secagg: bytes = b""
+
+
+#: Every ``TrainTask.kind``. The ``secagg_*`` stages are cheap (keys, shares): a client
+#: answers them without training; under SecAgg, "train" returns a masked input and
+#: "feature_stats" masked statistics.
+TASK_KINDS = ("train", "feature_stats", "secagg_advertise", "secagg_share", "secagg_unmask")
 
 
 @dataclass
