@@ -140,6 +140,14 @@ class LoraSettings:
         _fraction("lora", "dropout", self.dropout)
 
 
+def _column(name: str, value: object) -> None:
+    """A data column: a non-empty name or a 0-based index."""
+    if isinstance(value, bool) or not (
+        (isinstance(value, str) and value.strip()) or (isinstance(value, int) and value >= 0)
+    ):
+        raise ConfigError(name, f"must be a column name or a 0-based index, got {value!r}")
+
+
 @dataclass
 class DataConfig:
     """Where examples come from."""
@@ -150,8 +158,23 @@ class DataConfig:
     eval: str | None = field(
         default=None, metadata=_help("held-out data; default: the built-in test split")
     )
-    text_column: str = field(default="text", metadata=_help("text column for jsonl/csv/tsv"))
-    label_column: str = field(default="label", metadata=_help("label column for jsonl/csv/tsv"))
+    text_column: str | int | list[str | int] = field(
+        default="text",
+        metadata=_help(
+            "text column of jsonl/csv/tsv: a name, a 0-based index (csv/tsv), or a list of "
+            "them whose texts are joined with a space (e.g. title + description)"
+        ),
+    )
+    label_column: str | int = field(
+        default="label", metadata=_help("label column of jsonl/csv/tsv: a name or a 0-based index")
+    )
+    header: bool | str = field(
+        default="auto",
+        metadata=_help(
+            "csv/tsv: does the first row name the columns? true, false, or auto (with column "
+            "names: yes; with indices only: yes unless its label cell is a label of a later row)"
+        ),
+    )
     max_length: int = field(default=64, metadata=_help("tokens per example (truncation)"))
     max_train_examples: int | None = field(default=None, metadata=_help("cap on training examples"))
     max_eval_examples: int | None = field(
@@ -159,6 +182,14 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
+        texts = self.text_column if isinstance(self.text_column, list) else [self.text_column]
+        if not texts:
+            raise ConfigError("data.text_column", "must name at least one column")
+        for column in texts:
+            _column("data.text_column", column)
+        _column("data.label_column", self.label_column)
+        if self.header not in (True, False, "auto"):
+            raise ConfigError("data.header", f"must be true, false or auto, got {self.header!r}")
         if not isinstance(self.max_length, int) or self.max_length <= 0:
             raise ConfigError(
                 "data.max_length", f"must be a positive integer, got {self.max_length!r}"
@@ -402,6 +433,165 @@ class CodecSettings:
             )
 
 
+#: ``secagg.dropout_stage``: when simulated dropouts vanish — after sending their masked
+#: input (the hardest case: their input is in the sum, their self mask must be rebuilt) or
+#: before it (their pairwise masks must be rebuilt from their neighbours' shares)
+DROPOUT_STAGES = ("after_masking", "before_masking")
+#: ``dp.mode``: where the noise is added (auto: distributed when secure aggregation is on)
+DP_MODES = ("auto", "central", "distributed")
+#: ``dp.accountant``: dp-accounting's RDP or PLD accountant
+DP_ACCOUNTANTS = ("rdp", "pld")
+
+
+@dataclass
+class SecAggSettings:
+    """Secure aggregation (SecAgg+, Bell et al. 2020): the coordinator learns only the sum."""
+
+    enabled: bool = field(
+        default=False, metadata=_help("mask every update; the coordinator unmasks only the sum")
+    )
+    tolerated_dropout: float = field(
+        default=0.3,
+        metadata=_help("fraction of a cohort that may vanish and the round still completes"),
+    )
+    dropout_rate: float = field(
+        default=0.0,
+        metadata=_help("simulation: fraction of each round's clients made to vanish mid-protocol"),
+    )
+    dropout_stage: str = field(
+        default="after_masking",
+        metadata=_help("simulation: dropouts vanish after_masking or before_masking"),
+    )
+    bits: int = field(
+        default=0,
+        metadata=_help(
+            "bits per masked coordinate (arithmetic mod 2^bits); 0 = auto: 16 with a "
+            "compressing codec, 24 dense"
+        ),
+    )
+    clip_range: float = field(
+        default=0.05,
+        metadata=_help(
+            "largest |coordinate| of a full-weight client's update; larger values are clipped "
+            "before quantisation (the share clipped is in metrics.jsonl)"
+        ),
+    )
+    weight_cap: int = field(
+        default=0,
+        metadata=_help(
+            "examples at which a client's weight saturates (weights travel masked); "
+            "0 = the largest client's examples in simulation"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError("secagg.enabled", f"must be true or false, got {self.enabled!r}")
+        _fraction("secagg", "tolerated_dropout", self.tolerated_dropout)
+        _fraction("secagg", "dropout_rate", self.dropout_rate)
+        if self.dropout_rate > self.tolerated_dropout:
+            raise ConfigError(
+                "secagg.dropout_rate",
+                f"{self.dropout_rate} exceeds secagg.tolerated_dropout={self.tolerated_dropout}: "
+                "every round would fall below the reconstruction threshold",
+            )
+        _one_of("secagg", "dropout_stage", self.dropout_stage, DROPOUT_STAGES)
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+            raise ConfigError("secagg.bits", f"must be an integer, got {self.bits!r}")
+        if self.bits != 0 and not 8 <= self.bits <= 62:
+            raise ConfigError("secagg.bits", f"must be 0 (auto) or in [8, 62], got {self.bits}")
+        _positive("secagg", "clip_range", self.clip_range)
+        if isinstance(self.weight_cap, bool) or not isinstance(self.weight_cap, int):
+            raise ConfigError("secagg.weight_cap", f"must be an integer, got {self.weight_cap!r}")
+        if self.weight_cap < 0:
+            raise ConfigError("secagg.weight_cap", f"must be >= 0, got {self.weight_cap}")
+
+
+@dataclass
+class DpSettings:
+    """Client-level differential privacy (DP-FedAvg, McMahan et al. 2018)."""
+
+    epsilon: float | None = field(
+        default=None, metadata=_help("target epsilon for the whole run (turns DP on)")
+    )
+    delta: float | None = field(
+        default=None, metadata=_help("target delta (default 1e-5; must be < 1/clients)")
+    )
+    noise_multiplier: float | None = field(
+        default=None,
+        metadata=_help(
+            "noise std / clip norm on the sum; with epsilon too the run stops when the budget "
+            "is spent, without epsilon it is only accounted"
+        ),
+    )
+    clip: float = field(default=0.1, metadata=_help("L2 clip norm C of each client's update"))
+    mode: str = field(
+        default="auto",
+        metadata=_help(
+            "central (coordinator adds noise), distributed (clients, with secagg), auto"
+        ),
+    )
+    accountant: str = field(default="rdp", metadata=_help("rdp or pld (dp-accounting)"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.epsilon is not None or self.noise_multiplier is not None
+
+    @property
+    def target_delta(self) -> float:
+        return 1e-5 if self.delta is None else self.delta
+
+    def __post_init__(self) -> None:
+        if self.epsilon is not None:
+            _positive("dp", "epsilon", self.epsilon)
+        if self.delta is not None and not (
+            isinstance(self.delta, (int, float)) and 0.0 < self.delta < 1.0
+        ):
+            raise ConfigError("dp.delta", f"must be in (0, 1), got {self.delta!r}")
+        if self.noise_multiplier is not None:
+            _positive("dp", "noise_multiplier", self.noise_multiplier)
+        _positive("dp", "clip", self.clip)
+        _one_of("dp", "mode", self.mode, DP_MODES)
+        _one_of("dp", "accountant", self.accountant, DP_ACCOUNTANTS)
+
+
+#: ``adapter.kind``: LoRA on the full backbone, or Offsite-Tuning's sandwich adapter on an
+#: emulator (fedpeft.adapters.offsite)
+ADAPTER_KINDS = ("lora", "offsite")
+#: ``adapter.train`` (offsite): LoRA inside the adapter blocks, or the whole blocks
+OFFSITE_TRAIN_MODES = ("lora", "full")
+
+
+@dataclass
+class AdapterConfig:
+    """Which adapter clients train (``lora``, or ``offsite``: Offsite-Tuning)."""
+
+    kind: str = field(
+        default="lora",
+        metadata=_help("lora (LoRA on the full backbone) or offsite (sandwich adapter, emulator)"),
+    )
+    emulator: str | None = field(
+        default=None,
+        metadata=_help("offsite: emulator folder written by `fedpeft offsite build-emulator`"),
+    )
+    train: str = field(
+        default="lora",
+        metadata=_help(
+            "offsite: train the adapter blocks with LoRA inside (lora.* settings) or whole (full)"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _one_of("adapter", "kind", self.kind, ADAPTER_KINDS)
+        _one_of("adapter", "train", self.train, OFFSITE_TRAIN_MODES)
+        if self.kind == "offsite" and not self.emulator:
+            raise ConfigError(
+                "adapter.emulator",
+                "--adapter offsite needs an emulator folder: build one with `fedpeft offsite "
+                "build-emulator --model NAME --out DIR` and pass --emulator DIR",
+            )
+
+
 @dataclass
 class JobConfig:
     """A whole job: central training (``fedpeft train``) or a simulation."""
@@ -412,7 +602,13 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     codec: CodecSettings = field(default_factory=CodecSettings)
+    secagg: SecAggSettings = field(default_factory=SecAggSettings)
+    dp: DpSettings = field(default_factory=DpSettings)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     output: str = field(default="runs/default", metadata=_help("run folder"))
+
+    def __post_init__(self) -> None:
+        _check_privacy(self)
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(dataclasses.asdict(self))
@@ -433,6 +629,56 @@ class JobConfig:
                 node = node[part]
             node[parts[-1]] = value
         return JobConfig.from_dict(data)
+
+
+def _check_privacy(cfg: JobConfig) -> None:
+    """Settings that secure aggregation or DP cannot honour, refused with the reason."""
+    fed, dp = cfg.federation, cfg.dp
+    if cfg.secagg.enabled:
+        if fed.lora_aggregation == "product":
+            raise ConfigError(
+                "federation.lora_aggregation",
+                "product aggregation needs each client's update; with secure aggregation the "
+                "coordinator sees only their sum (use factors)",
+            )
+        if fed.clients_per_round < 2:
+            raise ConfigError(
+                "federation.clients_per_round",
+                "secure aggregation of one client's update would reveal it; need >= 2",
+            )
+        if fed.sampling != "fixed":
+            raise ConfigError(
+                "federation.sampling", "secure aggregation plans its threshold for fixed cohorts"
+            )
+    if dp.mode == "distributed" and not cfg.secagg.enabled:
+        raise ConfigError(
+            "dp.mode", "distributed noise needs secure aggregation (secagg.enabled = true)"
+        )
+    if not dp.enabled:
+        return
+    if dp.target_delta >= 1.0 / fed.clients:
+        raise ConfigError(
+            "dp.delta",
+            f"{dp.target_delta} must be < 1/clients = {1.0 / fed.clients:.3g} "
+            "(a larger delta could release one client's data outright)",
+        )
+    if fed.strategy == "fedexp":
+        raise ConfigError(
+            "federation.strategy",
+            "fedexp steps by the clients' unnoised update norms, which DP does not cover",
+        )
+    if fed.lora_aggregation == "product":
+        raise ConfigError(
+            "federation.lora_aggregation",
+            "DP noises the mean update; product aggregation "
+            "re-factors individual updates (use factors)",
+        )
+    if fed.calibration != "none":
+        raise ConfigError(
+            "federation.calibration",
+            "CCVR's feature statistics are a release of client data that DP does not account; "
+            "use calibration = none with DP",
+        )
 
 
 def _drop_none(value: Any) -> Any:
@@ -469,7 +715,15 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, name)
+        if len(inner) == 1:
+            return _coerce(inner[0], value, name)
+        for option in inner:  # e.g. str | int | list[str | int]: the first that fits
+            try:
+                return _coerce(option, value, name)
+            except ConfigError:
+                continue
+        kinds = " or ".join(getattr(a, "__name__", str(a)) for a in inner)
+        raise ConfigError(name, f"must be {kinds}, got {value!r}")
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(name, f"must be a list, got {value!r}")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from fedpeft.aggregation.fedavg import FedAvg, FedExP
 from fedpeft.aggregation.fedopt import FedAdam, FedOpt, FedYogi
 from fedpeft.aggregation.strategy import (
+    AggregateStats,
     ClientUpdate,
     Strategy,
     Tensors,
+    aggregate_stats,
     weighted_mean,
     weighted_metrics,
 )
@@ -44,6 +46,7 @@ def make_strategy(cfg: FederationConfig) -> Strategy:
 
 __all__ = [
     "STRATEGIES",
+    "AggregateStats",
     "ClientUpdate",
     "FedAdam",
     "FedAvg",
@@ -52,6 +55,7 @@ __all__ = [
     "FedYogi",
     "Strategy",
     "Tensors",
+    "aggregate_stats",
     "make_strategy",
     "weighted_mean",
     "weighted_metrics",

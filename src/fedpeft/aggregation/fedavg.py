@@ -10,13 +10,17 @@ import numpy as np
 
 from fedpeft.aggregation.lora_product import LORA_AGGREGATIONS, product_aggregate
 from fedpeft.aggregation.strategy import (
+    AggregateStats,
     ClientUpdate,
     Strategy,
     Tensors,
-    example_weights,
+    aggregate_stats,
     weighted_mean,
 )
 from fedpeft.errors import ConfigError
+
+#: FedAvg's mean step uses no statistics beyond the mean
+_NO_STATS = AggregateStats(0, 0.0)
 
 
 class FedAvg(Strategy):
@@ -61,18 +65,27 @@ class FedAvg(Strategy):
         self.server_lr = server_lr
         self.server_momentum = server_momentum
         self.lora_aggregation = lora_aggregation
+        self.needs_individual_updates = lora_aggregation == "product"
         self.velocity: Tensors = {}
 
     def aggregate_train(
         self, round_num: int, current: Tensors, updates: Sequence[ClientUpdate]
     ) -> Tensors:
-        del round_num
-        mean = weighted_mean(updates)
-        if self.server_momentum == 0.0:
+        if self.lora_aggregation == "product":
+            mean = weighted_mean(updates)
             new = {k: (current[k] + self.server_lr * mean[k]).astype("float32") for k in current}
-            if self.lora_aggregation == "product":
-                new.update(product_aggregate(current, new, updates, self.server_lr))
+            new.update(product_aggregate(current, new, updates, self.server_lr))
             return new
+        return self.aggregate_mean(round_num, current, weighted_mean(updates), _NO_STATS)
+
+    def aggregate_mean(
+        self, round_num: int, current: Tensors, mean: Tensors, stats: AggregateStats
+    ) -> Tensors:
+        del round_num, stats
+        if self.lora_aggregation == "product":
+            raise ValueError("product aggregation needs each client's update, not their mean")
+        if self.server_momentum == 0.0:
+            return {k: (current[k] + self.server_lr * mean[k]).astype("float32") for k in current}
         out: Tensors = {}
         for k, x in current.items():
             v = mean[k].astype(np.float64)
@@ -104,8 +117,8 @@ class FedExP(FedAvg):
     η_g (1 = the paper). The paper evaluates the mean of the last two iterates because the
     global model oscillates; here that is ``federation.server_ema`` (0.5 ≈ that average).
 
-    Needs each client's ‖Δ_i‖², which a coordinator that sees only the sum (secure
-    aggregation) would have to receive as one extra scalar per client.
+    Needs Σ p_i ‖Δ_i‖²; under secure aggregation each client sends p_i-weighted ‖Δ_i‖² as
+    one more masked scalar, so the coordinator still learns only the sum.
     """
 
     name = "fedexp"
@@ -120,12 +133,17 @@ class FedExP(FedAvg):
     def aggregate_train(
         self, round_num: int, current: Tensors, updates: Sequence[ClientUpdate]
     ) -> Tensors:
-        del round_num
-        mean = weighted_mean(updates)
-        spread = sum(
-            p * sum(float(np.sum(np.square(d, dtype=np.float64))) for d in u.delta.values())
-            for u, p in example_weights(updates)
+        return self.aggregate_mean(
+            round_num, current, weighted_mean(updates), aggregate_stats(updates)
         )
+
+    def aggregate_mean(
+        self, round_num: int, current: Tensors, mean: Tensors, stats: AggregateStats
+    ) -> Tensors:
+        del round_num
+        if stats.mean_sq_norm is None:
+            raise ValueError("FedExP needs the round's spread Σ p_i ‖Δ_i‖² (mean_sq_norm)")
+        spread = stats.mean_sq_norm
         norm2 = sum(float(np.sum(np.square(m, dtype=np.float64))) for m in mean.values())
         self.last_step = self.server_lr * max(1.0, spread / (2.0 * (norm2 + self.eps)))
         return {

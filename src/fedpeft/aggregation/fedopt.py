@@ -10,11 +10,11 @@ The pseudo-gradient is the weighted mean update Δ̄. With m₀ = 0 and v₀ = �
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
-from fedpeft.aggregation.strategy import ClientUpdate, Strategy, Tensors, weighted_mean
+from fedpeft.aggregation.strategy import AggregateStats, Strategy, Tensors
 from fedpeft.errors import ConfigError
 
 
@@ -38,11 +38,11 @@ class FedOpt(Strategy):
     def _second_moment(self, v: np.ndarray, g2: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def aggregate_train(
-        self, round_num: int, current: Tensors, updates: Sequence[ClientUpdate]
+    def aggregate_mean(
+        self, round_num: int, current: Tensors, mean: Tensors, stats: AggregateStats
     ) -> Tensors:
-        del round_num
-        delta = weighted_mean(updates)
+        del round_num, stats
+        delta = mean
         out: Tensors = {}
         for k, x in current.items():
             g = delta[k].astype(np.float64)

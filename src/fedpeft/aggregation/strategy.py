@@ -53,6 +53,30 @@ def weighted_mean(updates: Sequence[ClientUpdate]) -> Tensors:
     return out
 
 
+@dataclass(frozen=True)
+class AggregateStats:
+    """What a round reveals besides the mean update — all a sum-only (secure) round gives.
+
+    ``mean_sq_norm`` is Σ p_i ‖Δ_i‖² (FedExP's spread); under secure aggregation it travels
+    as one more masked scalar per client, so it is None when the round did not carry it.
+    """
+
+    num_clients: int
+    total_weight: float
+    mean_sq_norm: float | None = None
+
+
+def aggregate_stats(updates: Sequence[ClientUpdate]) -> AggregateStats:
+    """The :class:`AggregateStats` of individual updates (what a secure round sums up)."""
+    weighted = example_weights(updates)
+    spread = sum(
+        p * sum(float(np.sum(np.square(d, dtype=np.float64))) for d in u.delta.values())
+        for u, p in weighted
+    )
+    total = float(sum(u.num_examples for u, _ in weighted))
+    return AggregateStats(len(weighted), total, spread)
+
+
 def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
     """Example-weighted mean of every metric the clients reported."""
     total = float(sum(u.num_examples for u in updates)) or 1.0
@@ -64,20 +88,39 @@ def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
 
 
 class Strategy(abc.ABC):
-    """Hooks the round engine calls. Subclasses override hooks, never the loop."""
+    """Hooks the round engine calls. Subclasses override hooks, never the loop.
+
+    Two ways in: :meth:`aggregate_train` sees every client's update (plain rounds);
+    :meth:`aggregate_mean` sees only the weighted mean and :class:`AggregateStats` — what a
+    securely aggregated round reveals. A strategy that can work from the mean (FedAvg,
+    FedAvgM, FedAdam, FedYogi, FedExP with its spread scalar) implements the latter and
+    gets the former for free; one that needs individual updates sets
+    ``needs_individual_updates`` and is refused with secure aggregation.
+    """
 
     name: str = "strategy"
+    #: True when aggregation needs each client's update (refused under secure aggregation)
+    needs_individual_updates: bool = False
 
     def configure_train(self, round_num: int, client_ids: Sequence[int]) -> dict[str, Any]:
         """Per-round settings sent to every sampled client (empty: the job's defaults)."""
         del round_num, client_ids
         return {}
 
-    @abc.abstractmethod
     def aggregate_train(
         self, round_num: int, current: Tensors, updates: Sequence[ClientUpdate]
     ) -> Tensors:
         """Return the new global adapter from the current one and the round's updates."""
+        return self.aggregate_mean(
+            round_num, current, weighted_mean(updates), aggregate_stats(updates)
+        )
+
+    @abc.abstractmethod
+    def aggregate_mean(
+        self, round_num: int, current: Tensors, mean: Tensors, stats: AggregateStats
+    ) -> Tensors:
+        """Return the new global adapter from the current one and the round's weighted mean
+        update Σ n_i Δ_i / Σ n_i (all a securely aggregated round reveals)."""
 
     def train_metrics(self) -> dict[str, float]:
         """Server-side numbers of the last ``aggregate_train`` for the round's metrics line

@@ -20,7 +20,8 @@ from fedpeft.adapters import load_trainable_state, trainable_state
 from fedpeft.adapters.lora import find_output_layer
 from fedpeft.aggregation.calibration import feature_stats
 from fedpeft.client.codecs import apply_downlink, downlink_codec, uplink_codec
-from fedpeft.client.mods import ModContext, UpdateMod, apply_mods, encode_update, reject_nonfinite
+from fedpeft.client.mods import ModContext, UpdateMod, reject_nonfinite
+from fedpeft.client.secure import CLIENT_ERRORS, UpdateSender
 from fedpeft.compression import FULL_WEIGHTS_CODEC
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
@@ -67,6 +68,8 @@ class LoraClientApp:
         self.uplink = uplink_codec(cfg.codec)
         self.downlink = downlink_codec(cfg.codec)
         self.mods: list[UpdateMod] = [reject_nonfinite, *(mods or [])]
+        # update → wire (codec, DP clip, secure aggregation; its protocol secrets stay here)
+        self.sender = UpdateSender(self.uplink, self.mods, cfg.codec)
 
     def initial_state(self) -> Tensors:
         return {k: v.copy() for k, v in self.initial.items()}
@@ -74,6 +77,8 @@ class LoraClientApp:
     def train(self, task: TrainTask) -> TrainResult:
         if task.kind == "feature_stats":
             return self.feature_stats(task)
+        if task.kind.startswith("secagg_"):
+            return self.secagg_stage(task)
         start = time.perf_counter()
         try:
             held = apply_downlink(self.downlink, task)
@@ -97,15 +102,8 @@ class LoraClientApp:
             keep = held if self.downlink.name != "dense" else None
             state = ClientState(version=task.version, held=keep, residual=task.state.residual)
             ctx = ModContext(task.client_id, task.round, len(shard), state)
-            delta = apply_mods(self.mods, delta, ctx)
-            payload = encode_update(
-                self.uplink,
-                delta,
-                ctx,
-                error_feedback=self.cfg.codec.error_feedback,
-                decay=self.cfg.codec.feedback_decay,
-            )
-        except Exception as exc:  # reported, never averaged: the engine drops this client
+            payload = self._encode(task, delta, ctx)
+        except CLIENT_ERRORS as exc:  # reported, never averaged: the engine drops this client
             log.warning("client %s failed in round %s: %s", task.client_id, task.round, exc)
             return TrainResult(
                 task.round, task.client_id, error=f"{type(exc).__name__}: {exc}", worker=self.name
@@ -123,12 +121,19 @@ class LoraClientApp:
         return TrainResult(
             task.round,
             task.client_id,
-            num_examples=len(shard),
+            # under secure aggregation the example count travels masked inside the payload
+            num_examples=0 if task.secagg else len(shard),
             payload=payload,
             metrics=metrics,
             state=state,
             worker=self.name,
         )
+
+    def _encode(self, task: TrainTask, delta: Tensors, ctx: ModContext) -> bytes:
+        return self.sender.encode(task, delta, ctx)
+
+    def secagg_stage(self, task: TrainTask) -> TrainResult:
+        return self.sender.stage(task, self.name)
 
     def _shard(self, task: TrainTask) -> EncodedData:
         shard = self.train_data if task.indices is None else self.train_data.subset(task.indices)
@@ -164,7 +169,7 @@ class LoraClientApp:
                 name, torch.cat(captured).numpy(), shard.labels.numpy(), layer.out_features
             )
             payload = FULL_WEIGHTS_CODEC.encode(stats)
-        except Exception as exc:  # reported; the engine calibrates with the other clients
+        except CLIENT_ERRORS as exc:  # reported; the engine calibrates with the other clients
             log.warning("client %s failed feature statistics: %s", task.client_id, exc)
             return TrainResult(
                 task.round, task.client_id, error=f"{type(exc).__name__}: {exc}", worker=self.name
@@ -172,7 +177,8 @@ class LoraClientApp:
         return TrainResult(
             task.round,
             task.client_id,
-            num_examples=len(shard),
+            # under secure aggregation the example count travels masked inside the payload
+            num_examples=0 if task.secagg else len(shard),
             payload=payload,
             metrics={"client_seconds": time.perf_counter() - start},
             worker=self.name,

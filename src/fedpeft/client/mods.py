@@ -53,6 +53,7 @@ def clip_l2(max_norm: float) -> UpdateMod:
         factor = min(1.0, max_norm / norm) if norm > 0 else 1.0
         ctx.info["update_norm"] = norm
         ctx.info["clip_factor"] = factor
+        ctx.info["dp_clipped"] = float(factor < 1.0)
         if factor == 1.0:
             return delta
         return {k: (v * factor).astype(np.float32) for k, v in delta.items()}
@@ -67,13 +68,20 @@ def apply_mods(mods: Sequence[UpdateMod], delta: Tensors, ctx: ModContext) -> Te
 
 
 def encode_update(
-    codec: Codec, delta: Tensors, ctx: ModContext, *, error_feedback: bool, decay: float = 1.0
+    codec: Codec,
+    delta: Tensors,
+    ctx: ModContext,
+    *,
+    error_feedback: bool,
+    decay: float = 1.0,
+    carry: bool = True,
 ) -> bytes:
     """Encode ``delta``; with error feedback add the carried residual first (``decay`` of
-    it, see :func:`~fedpeft.compression.feedback.add_residual`) and keep what this encoding
-    dropped for the next round. The simulation carries the residual in the client state;
-    a device client keeps it in an :class:`~fedpeft.compression.ErrorFeedback`."""
-    if error_feedback and ctx.state.residual is not None:
+    it, see :func:`~fedpeft.compression.feedback.add_residual`; ``carry=False`` when the
+    caller added it already, before clipping) and keep what this encoding dropped for the
+    next round. The simulation carries the residual in the client state; a device client
+    keeps it in an :class:`~fedpeft.compression.ErrorFeedback`."""
+    if error_feedback and carry and ctx.state.residual is not None:
         delta = add_residual(delta, ctx.state.residual, decay)
     payload = codec.encode(delta)
     if error_feedback:

@@ -12,23 +12,28 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from fedpeft.aggregation import ClientUpdate, Strategy, weighted_metrics
+from fedpeft.aggregation import AggregateStats, ClientUpdate, Strategy, weighted_metrics
 from fedpeft.aggregation import calibration as ccvr
 from fedpeft.compression import FULL_WEIGHTS_CODEC, Codec, check_compatible
 from fedpeft.config import CALIBRATIONS
 from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
 from fedpeft.coordinator.sampling import ClientSampler
-from fedpeft.errors import CodecError, FedPeftError, UpdateRejected
+from fedpeft.coordinator.secure import SecureRound
+from fedpeft.errors import CodecError, ConfigError, FedPeftError, UpdateRejected
 from fedpeft.rundir import RunDir, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from fedpeft.coordinator.dp import DpController
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +101,8 @@ class RoundEngine:
         calibration_clients: int = 0,
         client_config: dict[str, Any] | Callable[[int], dict[str, Any]] | None = None,
         hooks: EngineHooks | None = None,
+        secure: SecureRound | None = None,
+        privacy: DpController | None = None,
     ) -> None:
         self.backend = backend
         self.strategy = strategy
@@ -123,6 +130,16 @@ class RoundEngine:
             fixed = dict(client_config or {})
             self.client_config = lambda _round: dict(fixed)
         self.hooks = hooks or EngineHooks()
+        # secure aggregation (SecAgg+): rounds reveal only the sum of updates
+        self.secure = secure
+        if secure is not None and strategy.needs_individual_updates:
+            raise ConfigError(
+                "federation.lora_aggregation",
+                f"{strategy.name} needs each client's update; secure aggregation gives the sum",
+            )
+        # client-level DP: clip, noise (here or on clients), account, ledger
+        self.privacy = privacy
+        self.stopped: str | None = None  # why run() ended before the last round
         self.state = EngineState()
         self.shapes: dict[str, tuple[int, ...]] = {}
         # Only a compressing downlink sends deltas; then the engine must know exactly what
@@ -165,6 +182,7 @@ class RoundEngine:
             config={
                 **self.client_config(round_num),
                 **self.strategy.configure_train(round_num, [client_id]),
+                **({"dp_clip": self.privacy.clip} if self.privacy is not None else {}),
             },
         )
 
@@ -202,46 +220,23 @@ class RoundEngine:
         if self.hooks.on_round_start:
             self.hooks.on_round_start(round_num, len(cohort))
         tasks = [self.make_task(round_num, cid) for cid in cohort]
-        bytes_down = sum(len(t.downlink) for t in tasks)
-        results = self.backend.run(tasks, self.hooks.on_client_done)
-        bytes_up = sum(len(r.payload) for r in results)
-
-        updates: list[ClientUpdate] = []
-        rejected: dict[int, str] = {}
-        for result in sorted(results, key=lambda r: r.client_id):
-            try:
-                updates.append(self.decode(result))
-            except UpdateRejected as exc:
-                log.warning("round %d: %s", round_num, exc)
-                rejected[result.client_id] = exc.reason
-                continue
-            if result.state is not None:
-                self.state.clients[result.client_id] = result.state
-
-        record: dict[str, Any] = {
-            "round": round_num,
-            "clients_sampled": len(cohort),
-            "clients_ok": len(updates),
-            "clients_rejected": len(rejected),
-            "bytes_up": bytes_up,
-            "bytes_down": bytes_down,
-        }
-        if rejected:
-            record["rejected"] = {str(k): v for k, v in rejected.items()}
-        if len(updates) >= self.min_fit_clients:
-            self.state.params = self.strategy.aggregate_train(round_num, self.state.params, updates)
+        if self.secure is not None:
+            record, new_params = self._secure_round(round_num, tasks)
+        else:
+            record, new_params = self._plain_round(round_num, tasks)
+        if new_params is not None:
+            self.state.params = new_params
             self._update_ema()
-            record.update(weighted_metrics(updates))
             record.update(self.strategy.train_metrics())
         else:
-            record["round_failed"] = (
-                f"{len(updates)} usable updates < min_fit_clients={self.min_fit_clients}; "
-                "global adapter unchanged"
-            )
             log.warning("round %d failed: %s", round_num, record["round_failed"])
+        if self.privacy is not None:
+            # the ledger is durable before this round's adapter is evaluated, checkpointed
+            # or exported: a crash from here on can only over-count epsilon
+            record.update(self.privacy.record_round(round_num, released=new_params is not None))
         self.state.round = round_num
-        self.state.bytes_up_total += bytes_up
-        self.state.bytes_down_total += bytes_down
+        self.state.bytes_up_total += record["bytes_up"]
+        self.state.bytes_down_total += record["bytes_down"]
         if self.calibration != "none" and round_num == self.rounds:
             record.update(self.calibrate(round_num))
         if self.strategy.configure_evaluate(round_num, self.eval_every, self.rounds):
@@ -257,6 +252,122 @@ class RoundEngine:
         self.run_dir.append_metrics(record)
         if self.hooks.on_round_end:
             self.hooks.on_round_end(record)
+        return record
+
+    def _plain_round(
+        self, round_num: int, tasks: list[TrainTask]
+    ) -> tuple[dict[str, Any], Tensors | None]:
+        """Every client's update reaches the coordinator, is decoded and validated."""
+        bytes_down = sum(len(t.downlink) for t in tasks)
+        results = self.backend.run(tasks, self.hooks.on_client_done)
+        bytes_up = sum(len(r.payload) for r in results)
+        updates: list[ClientUpdate] = []
+        rejected: dict[int, str] = {}
+        for result in sorted(results, key=lambda r: r.client_id):
+            try:
+                updates.append(self.decode(result))
+            except UpdateRejected as exc:
+                log.warning("round %d: %s", round_num, exc)
+                rejected[result.client_id] = exc.reason
+                continue
+            if result.state is not None:
+                self.state.clients[result.client_id] = result.state
+        record = self._round_record(round_num, len(tasks), len(updates), rejected)
+        record.update(bytes_up=bytes_up, bytes_down=bytes_down)
+        if len(updates) < self.min_fit_clients:
+            record["round_failed"] = (
+                f"{len(updates)} usable updates < min_fit_clients={self.min_fit_clients}; "
+                "global adapter unchanged"
+            )
+            return record, None
+        record.update(weighted_metrics(updates))
+        if self.privacy is not None:  # central DP: clip, sum, noise, uniform mean
+            mean, info = self.privacy.noisy_mean([u.delta for u in updates], round_num)
+            record.update(info)
+            stats = AggregateStats(len(updates), float(len(updates)))
+            return record, self.strategy.aggregate_mean(round_num, self.state.params, mean, stats)
+        return record, self.strategy.aggregate_train(round_num, self.state.params, updates)
+
+    def _secure_round(
+        self, round_num: int, tasks: list[TrainTask]
+    ) -> tuple[dict[str, Any], Tensors | None]:
+        """SecAgg+: the coordinator sees masked vectors and decodes only their sum."""
+        assert self.secure is not None
+        dp = self.privacy
+        distributed = dp is not None and dp.distributed
+        with_sq_norm = self.strategy.name == "fedexp"
+        levels, sigma = None, 0.0
+        if dp is not None and distributed:
+            density = self.secure.density
+            dim = sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes.values())
+            sent = dim if density >= 1.0 else max(1, math.ceil(density * dim))
+            plan = dp.plan_distributed(bits=self.secure.bits, cohort=len(tasks), dim=sent)
+            levels, sigma = plan.levels, plan.sigma
+        enc = self.secure.encoding(
+            round_num,
+            len(tasks),
+            self.shapes,
+            with_sq_norm=with_sq_norm,
+            uniform_weights=dp is not None,
+            clip_range=dp.clip if dp is not None else None,
+            levels=levels,
+            noise_sigma=sigma,
+        )
+        outcome = self.secure.run(
+            self.backend, round_num, tasks, enc, self.shapes, self.hooks.on_client_done
+        )
+        trained = [r for r in outcome.results if r.error is None]
+        for result in trained:
+            if result.state is not None:
+                self.state.clients[result.client_id] = result.state
+        record = self._round_record(round_num, len(tasks), len(outcome.survivors), outcome.rejected)
+        masked_bytes = sum(len(r.payload) for r in trained)
+        record.update(
+            bytes_up=outcome.bytes_up,
+            bytes_down=outcome.bytes_down,
+            secagg_survivors=len(outcome.survivors),
+            secagg_dropped=sorted(outcome.dropped),
+            secagg_bits=enc.bits,
+            secagg_levels=enc.levels,
+            secagg_coordinates_sent=enc.sent,
+            # bits on the wire per adapter coordinate, masked vectors only
+            secagg_bits_per_coordinate=8.0 * masked_bytes / max(1, len(trained)) / enc.dim,
+            **outcome.seconds,
+        )
+        if trained:  # clients' own reports (loss, clip share): plain means, no weights
+            keys = sorted({k for r in trained for k in r.metrics})
+            for key in keys:
+                values = [float(r.metrics[key]) for r in trained if key in r.metrics]
+                record[key] = float(np.mean(values))
+        if outcome.failed is not None or outcome.total is None:
+            record["round_failed"] = outcome.failed or "secure aggregation produced no sum"
+            return record, None
+        if len(outcome.survivors) < self.min_fit_clients:
+            record["round_failed"] = (
+                f"{len(outcome.survivors)} survivors < min_fit_clients={self.min_fit_clients}; "
+                "global adapter unchanged"
+            )
+            return record, None
+        total = outcome.total
+        if dp is not None and not distributed:
+            raise FedPeftError("central DP under secure aggregation: use dp.mode = distributed")
+        stats = AggregateStats(len(outcome.survivors), total.total_weight, total.mean_sq_norm)
+        if dp is not None:
+            record.update(dp.round_info(survivors=len(outcome.survivors)))
+        return record, self.strategy.aggregate_mean(round_num, self.state.params, total.mean, stats)
+
+    @staticmethod
+    def _round_record(
+        round_num: int, sampled: int, ok: int, rejected: dict[int, str]
+    ) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "round": round_num,
+            "clients_sampled": sampled,
+            "clients_ok": ok,
+            "clients_rejected": len(rejected),
+        }
+        if rejected:
+            record["rejected"] = {str(k): v for k, v in rejected.items()}
         return record
 
     @property
@@ -363,8 +474,16 @@ class RoundEngine:
         }
 
     def run(self) -> list[dict[str, Any]]:
+        """Run the remaining rounds; with a fixed DP noise and a budget, stop after the last
+        round the budget affords (``stopped`` says why)."""
         records = []
         for round_num in range(self.state.round + 1, self.rounds + 1):
+            if self.privacy is not None:
+                reason = self.privacy.stop_reason(round_num)
+                if reason is not None:
+                    self.stopped = reason
+                    log.warning("%s", reason)
+                    break
             records.append(self.run_round(round_num))
         return records
 

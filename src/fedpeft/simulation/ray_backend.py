@@ -86,6 +86,9 @@ class RayBackend:
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0
         )(_Worker)
         self._serial = 0
+        # secure aggregation: a client's stages of one round run on one worker, whose
+        # memory holds the client's protocol secrets between stages ((round, client) -> slot)
+        self._pins: dict[tuple[int, int], int] = {}
         self.actors = [self._spawn() for _ in range(workers)]
         ray.get([a.ready.remote() for a in self.actors])  # surface start-up errors now
 
@@ -106,6 +109,8 @@ class RayBackend:
         and amortises the round trip, while a few chunks per worker still balance load.
         """
         ray = self.ray
+        if any(t.kind.startswith("secagg_") or t.secagg for t in tasks):
+            return self._run_pinned(tasks, on_result)
         per_chunk = max(1, math.ceil(len(tasks) / (len(self.actors) * CHUNKS_PER_WORKER)))
         queue = [list(tasks[i : i + per_chunk]) for i in range(0, len(tasks), per_chunk)]
         attempts = {t.client_id: 0 for t in tasks}
@@ -150,6 +155,54 @@ class RayBackend:
                 if on_result is not None:
                     on_result(result)
             submit()
+        return results
+
+    def _run_pinned(
+        self, tasks: Sequence[TrainTask], on_result: Callable[[TrainResult], None] | None
+    ) -> list[TrainResult]:
+        """Secure-aggregation stages: every (round, client) runs on the worker that holds
+        its secrets, assigned round-robin when its keys are advertised (which balances the
+        training stage too). A worker that dies takes its clients' secrets with it: they
+        are reported as failed (the protocol treats them as dropped), never retried."""
+        ray = self.ray
+        if tasks and tasks[0].kind == "secagg_advertise":
+            current = tasks[0].round
+            self._pins = {k: v for k, v in self._pins.items() if k[0] == current}
+            for i, task in enumerate(sorted(tasks, key=lambda t: t.client_id)):
+                self._pins[(task.round, task.client_id)] = i % len(self.actors)
+        per_slot: dict[int, list[TrainTask]] = {}
+        for task in tasks:
+            slot = self._pins.setdefault((task.round, task.client_id), 0)
+            per_slot.setdefault(slot, []).append(task)
+        # a few chunks per worker, each worker working through its own queue in order
+        queues: dict[int, list[list[TrainTask]]] = {}
+        for slot, mine in per_slot.items():
+            size = max(1, math.ceil(len(mine) / CHUNKS_PER_WORKER))
+            queues[slot] = [mine[i : i + size] for i in range(0, len(mine), size)]
+        running: dict[Any, tuple[int, list[TrainTask]]] = {}
+        for slot, queue in queues.items():
+            running[self.actors[slot].train_many.remote(queue[0])] = (slot, queue.pop(0))
+        results: list[TrainResult] = []
+        while running:
+            done, _ = ray.wait(list(running), num_returns=1)
+            slot, chunk = running.pop(done[0])
+            try:
+                chunk_results = ray.get(done[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+                log.warning("worker died holding clients %s: %s", [t.client_id for t in chunk], exc)
+                if isinstance(exc, ray.exceptions.RayActorError):
+                    self.actors[slot] = self._spawn()
+                error = f"worker failed: {type(exc).__name__}"
+                chunk_results = [TrainResult(t.round, t.client_id, error=error) for t in chunk]
+            for result in chunk_results:
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+            if queues[slot]:
+                running[self.actors[slot].train_many.remote(queues[slot][0])] = (
+                    slot,
+                    queues[slot].pop(0),
+                )
         return results
 
     def evaluate(self, params: Tensors) -> dict[str, float]:
