@@ -1,0 +1,1 @@
+"""Client-level privacy for fedpeft: clipping, noise, accounting, ledger and secure aggregation."""

@@ -1,0 +1,278 @@
+"""SecAgg+ round parameters, the neighbour graph and the rule that plans them.
+
+A round of SecAgg+ (Bell, Bonawitz, Gascón, Lepoint, Raykova, "Secure Single-Server
+Aggregation with (Poly)Logarithmic Overhead", CCS 2020) runs over a public graph: each
+client agrees pairwise masks with, and Shamir-shares its two secrets among, only its
+``degree`` neighbours. :func:`plan_secagg` chooses that degree ``k`` and the threshold
+``t`` from the cohort size ``n`` and the tolerated dropout fraction; the rule is in its
+docstring. :class:`SecAggParams` is what every participant of the round agrees on, sent to
+the clients as bytes (:meth:`SecAggParams.to_bytes`).
+
+**The graph** is the Harary graph ``H(k, n)`` over a seeded random permutation of the
+cohort (Bell et al. §4 use the same family): clients sit on a ring in a random order and
+each is joined to the ``k // 2`` nearest on either side, plus the diametrically opposite
+client when ``k`` is odd (then ``n`` must be even). It is k-regular, symmetric and
+k-connected (cutting it takes ``k`` removed clients), and ``k = n - 1`` is the complete
+graph — classic SecAgg (Bonawitz et al. 2017).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from fedpeft.errors import ConfigError
+from fedpeft.privacy.secagg.encoding import MAX_BITS
+from fedpeft.privacy.secagg.errors import SecAggError
+from fedpeft.privacy.secagg.wire import SERVER, Stage, decode_frame, encode_frame
+
+__all__ = [
+    "CORRECTNESS_BITS",
+    "SECURITY_BITS",
+    "SMALL_COHORT",
+    "SecAggParams",
+    "harary_neighbours",
+    "plan_secagg",
+]
+
+#: Cohorts up to this size use the complete graph (classic SecAgg).
+SMALL_COHORT = 10
+#: sigma: the survivors' graph splits (the server would learn sums of parts) with
+#: probability at most 2**-SECURITY_BITS.
+SECURITY_BITS = 40
+#: eta: a round aborts for lack of shares with probability at most 2**-CORRECTNESS_BITS
+#: when clients drop independently at the tolerated rate.
+CORRECTNESS_BITS = 20
+#: largest cohort one round may plan (the id lists travel in every message)
+MAX_CLIENTS = 1 << 16
+
+
+@dataclass(frozen=True)
+class SecAggParams:
+    """What every participant of one SecAgg+ round agrees on (all of it public)."""
+
+    round: int
+    clients: tuple[int, ...]
+    """The cohort, sorted client ids."""
+    threshold: int
+    """t: shares needed to reconstruct a secret."""
+    degree: int
+    """k: neighbours per client (``n - 1``: complete graph, classic SecAgg)."""
+    bits: int
+    """b: masked arithmetic is mod ``2**b``."""
+    length: int
+    """m: integers per masked vector."""
+    graph_seed: int
+    """Public seed of the neighbour graph's random permutation."""
+
+    def __post_init__(self) -> None:
+        clients = tuple(int(c) for c in self.clients)
+        object.__setattr__(self, "clients", clients)
+        n = len(clients)
+        if n < 2:
+            raise ConfigError("secagg.clients", f"a cohort needs at least 2 clients, got {n}")
+        if n > MAX_CLIENTS:
+            raise ConfigError("secagg.clients", f"at most {MAX_CLIENTS} clients, got {n}")
+        if list(clients) != sorted(set(clients)):
+            raise ConfigError("secagg.clients", "client ids must be sorted and distinct")
+        if clients[0] < 0 or clients[-1] >= SERVER:
+            raise ConfigError("secagg.clients", f"client ids must be in [0, {SERVER})")
+        if self.round < 0:
+            raise ConfigError("secagg.round", f"must be non-negative, got {self.round}")
+        if not 1 <= self.degree <= n - 1:
+            raise ConfigError("secagg.degree", f"must be in [1, {n - 1}] for {n} clients")
+        if self.degree % 2 and n % 2:
+            raise ConfigError(
+                "secagg.degree", f"an odd degree {self.degree} needs an even cohort, got {n}"
+            )
+        if not 1 <= self.threshold <= self.degree:
+            raise ConfigError(
+                "secagg.threshold", f"must be in [1, degree={self.degree}], got {self.threshold}"
+            )
+        if not 1 <= self.bits <= MAX_BITS:
+            raise ConfigError("secagg.bits", f"must be in [1, {MAX_BITS}], got {self.bits}")
+        if self.length < 1:
+            raise ConfigError("secagg.length", f"must be at least 1, got {self.length}")
+        if not 0 <= self.graph_seed < 2**64:
+            raise ConfigError("secagg.graph_seed", "must be in [0, 2**64)")
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.clients)
+
+    def neighbours(self, client_id: int) -> tuple[int, ...]:
+        """The sorted neighbours of ``client_id`` in the round's graph."""
+        graph = harary_neighbours(self.clients, self.degree, self.graph_seed)
+        try:
+            return graph[client_id]
+        except KeyError:
+            raise SecAggError(f"client {client_id} is not in the round's cohort") from None
+
+    def share_index(self, owner: int, holder: int) -> int:
+        """Shamir x-coordinate (1..k) of the share of ``owner``'s secrets held by
+        ``holder``: the holder's position in ``owner``'s sorted neighbour list, plus one."""
+        return self.neighbours(owner).index(holder) + 1
+
+    def to_bytes(self) -> bytes:
+        """A framed message (stage ``PARAMS``, sender the server) with the fields as JSON."""
+        body = json.dumps(asdict(self), separators=(",", ":")).encode()
+        return encode_frame(Stage.PARAMS, self.round, SERVER, SERVER, body)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SecAggParams:
+        frame = decode_frame(data)
+        if frame.stage != Stage.PARAMS or frame.sender != SERVER:
+            raise SecAggError("not a secure-aggregation parameters message")
+        try:
+            fields = json.loads(bytes(frame.body))
+            params = cls(
+                round=int(fields["round"]),
+                clients=tuple(int(c) for c in fields["clients"]),
+                threshold=int(fields["threshold"]),
+                degree=int(fields["degree"]),
+                bits=int(fields["bits"]),
+                length=int(fields["length"]),
+                graph_seed=int(fields["graph_seed"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SecAggError(f"malformed secure-aggregation parameters: {exc}") from exc
+        if params.round != frame.round:
+            raise SecAggError("parameters frame and body name different rounds")
+        return params
+
+
+@functools.lru_cache(maxsize=16)
+def harary_neighbours(
+    clients: tuple[int, ...], degree: int, seed: int
+) -> dict[int, tuple[int, ...]]:
+    """Neighbour lists of the Harary graph ``H(degree, n)`` over the ring order given by a
+    seeded permutation of ``clients`` (see the module docstring)."""
+    n = len(clients)
+    order = np.random.default_rng(seed).permutation(n)
+    ring = [clients[i] for i in order]
+    half = degree // 2
+    offsets = [d for d in range(1, half + 1)] + [-d for d in range(1, half + 1)]
+    if degree % 2:
+        offsets.append(n // 2)
+    out: dict[int, tuple[int, ...]] = {}
+    for pos, cid in enumerate(ring):
+        out[cid] = tuple(sorted({ring[(pos + d) % n] for d in offsets}))
+    return out
+
+
+def _binom_cdf_below(k: int, p: float, t: int) -> float:
+    """P[Binomial(k, p) < t], summed exactly in floating point (k is at most a few
+    thousand)."""
+    if p >= 1.0:
+        return 0.0
+    if p <= 0.0:
+        return 1.0 if t > 0 else 0.0
+    total = 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    for j in range(min(t, k + 1)):
+        log_term = math.lgamma(k + 1) - math.lgamma(j + 1) - math.lgamma(k - j + 1)
+        total += math.exp(log_term + j * log_p + (k - j) * log_q)
+    return total
+
+
+def _graph_seed(seed: int, round_num: int) -> int:
+    digest = hashlib.sha256(f"fedpeft-secagg-graph:{seed}:{round_num}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def plan_secagg(
+    cohort: Sequence[int],
+    *,
+    length: int,
+    bits: int,
+    round_num: int,
+    seed: int,
+    dropout_fraction: float = 0.3,
+    min_degree: int | None = None,
+) -> SecAggParams:
+    """Plan one SecAgg+ round: degree ``k`` and threshold ``t`` for ``n = len(cohort)``.
+
+    The rule (after Bell et al. 2020, §3–4; δ = ``dropout_fraction``, σ =
+    ``SECURITY_BITS`` = 40, η = ``CORRECTNESS_BITS`` = 20):
+
+    * **Threshold** ``t = floor(k/2) + 1``. A client never reveals both kinds of share
+      (self-mask seed and mask key) of the same peer, so a server that lies about who
+      dropped collects at most ``k`` shares of a client's two secrets together and can
+      never reach ``t`` of each (``2t > k``).
+    * **Small cohorts** (``n <= SMALL_COHORT`` = 10) use the complete graph,
+      ``k = n - 1``. Its guarantee is deterministic: the round completes whenever at most
+      ``k - t`` clients drop (every survivor still has ``t`` live neighbours), so
+      ``floor(δ·n) <= k - t`` is required.
+    * **Larger cohorts** take the smallest ``k >= max(min_degree, 2·ceil(log2 n))``
+      (``n·k`` even) with both
+
+      - *correctness*: ``n · P[Binomial(k, 1-δ) < t] <= 2**-η`` — with clients dropping
+        independently at rate δ, every secret the server must rebuild keeps ``t`` live
+        holders except with probability 2^-η (union bound over the ``n`` secrets);
+      - *privacy of partial sums*: ``n · δ**floor(k/2) <= 2**-σ`` — on the Harary ring the
+        survivors' graph can only split (which would reveal the sums of its parts) where
+        ``floor(k/2)`` ring-consecutive clients all dropped.
+
+      If no ``k < n - 1`` satisfies them, the complete graph is used under the
+      deterministic condition above.
+
+    ``k = O(log n)`` for fixed δ, as in SecAgg+; the constants make it large at high
+    dropout (δ = 0.3 needs ``k ≈ 190`` at ``n = 1000``; ``n <= ~200`` gets the complete
+    graph). Impossible settings raise :class:`fedpeft.errors.ConfigError` naming the field.
+    """
+    clients = tuple(sorted(int(c) for c in cohort))
+    n = len(clients)
+    if n < 2:
+        raise ConfigError("secagg.clients", f"secure aggregation needs at least 2 clients, got {n}")
+    if len(set(clients)) != n:
+        raise ConfigError("secagg.clients", "the cohort lists a client twice")
+    if not (0.0 <= dropout_fraction < 1.0) or math.isnan(dropout_fraction):
+        raise ConfigError("secagg.dropout_fraction", f"must be in [0, 1), got {dropout_fraction!r}")
+    if min_degree is not None and not 1 <= min_degree <= n - 1:
+        raise ConfigError(
+            "secagg.min_degree", f"must be in [1, {n - 1}] for a cohort of {n}, got {min_degree}"
+        )
+    graph_seed = _graph_seed(seed, round_num)
+
+    def make(k: int) -> SecAggParams:
+        return SecAggParams(
+            round=round_num,
+            clients=clients,
+            threshold=k // 2 + 1,
+            degree=k,
+            bits=bits,
+            length=length,
+            graph_seed=graph_seed,
+        )
+
+    def complete() -> SecAggParams:
+        k = n - 1
+        t = k // 2 + 1
+        tolerated = math.floor(dropout_fraction * n)
+        if tolerated > k - t:
+            raise ConfigError(
+                "secagg.dropout_fraction",
+                f"{dropout_fraction} of {n} clients is {tolerated} dropouts, but the complete "
+                f"graph (k={k}, t={t}) completes only with at most {k - t}; lower the "
+                f"dropout fraction or use a larger cohort",
+            )
+        return make(k)
+
+    if n <= SMALL_COHORT:
+        return complete()
+    low = max(min_degree or 1, 2 * math.ceil(math.log2(n)))
+    for k in range(low, n - 1):
+        if (n * k) % 2:
+            continue
+        t = k // 2 + 1
+        fails = n * _binom_cdf_below(k, 1.0 - dropout_fraction, t)
+        splits = n * dropout_fraction ** (k // 2)
+        if fails <= 2.0**-CORRECTNESS_BITS and splits <= 2.0**-SECURITY_BITS:
+            return make(k)
+    return complete()
