@@ -43,6 +43,10 @@ def _register() -> None:
     train.register(app)
     export.register(app)
     simulate.register(app)
+    from fedpeft.cli import client, coordinator  # the gRPC deployment
+
+    coordinator.register(app)
+    client.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -88,6 +88,33 @@ def make_backend(cfg: JobConfig, factory: AppFactory) -> Any:
     return InProcessBackend(factory)
 
 
+def engine_settings(cfg: JobConfig) -> dict[str, Any]:
+    """The RoundEngine arguments a job's config decides (strategy, codecs, rounds, seeds,
+    client schedule): shared by the simulation and the gRPC coordinator, which add their
+    own backend, sampler, shards and run folder."""
+    fed = cfg.federation
+    return {
+        "strategy": make_strategy(fed),
+        "uplink": uplink_codec(cfg.codec),
+        "downlink": downlink_codec(cfg.codec),
+        "rounds": fed.rounds,
+        "seed": cfg.train.seed,
+        "eval_every": fed.eval_every,
+        "min_fit_clients": fed.min_fit_clients,
+        "ema_decay": fed.server_ema,
+        "calibration": fed.calibration,
+        "calibration_clients": fed.calibration_clients,
+        "client_config": RoundConfig(
+            {"proximal_mu": fed.proximal_mu, "logit_adjustment": fed.logit_adjustment},
+            lr=cfg.train.lr,
+            rounds=fed.rounds,
+            schedule=fed.client_lr_schedule,
+            final=fed.client_lr_final,
+            warmup=fed.client_lr_warmup_rounds,
+        ),
+    }
+
+
 def run_simulation(
     cfg: JobConfig,
     *,
@@ -120,28 +147,11 @@ def run_simulation(
         fed = cfg.federation
         engine = RoundEngine(
             backend=backend,
-            strategy=make_strategy(fed),
             sampler=ClientSampler(fed.clients, fed.clients_per_round, fed.sampling, cfg.train.seed),
             shards=shards,
-            uplink=uplink_codec(cfg.codec),
-            downlink=downlink_codec(cfg.codec),
             run=run,
-            rounds=fed.rounds,
-            seed=cfg.train.seed,
-            eval_every=fed.eval_every,
-            min_fit_clients=fed.min_fit_clients,
-            ema_decay=fed.server_ema,
-            calibration=fed.calibration,
-            calibration_clients=fed.calibration_clients,
-            client_config=RoundConfig(
-                {"proximal_mu": fed.proximal_mu, "logit_adjustment": fed.logit_adjustment},
-                lr=cfg.train.lr,
-                rounds=fed.rounds,
-                schedule=fed.client_lr_schedule,
-                final=fed.client_lr_final,
-                warmup=fed.client_lr_warmup_rounds,
-            ),
             hooks=hooks,
+            **engine_settings(cfg),
         )
         if resume:
             engine.resume()

@@ -1,0 +1,171 @@
+"""The round engine's :class:`~fedpeft.coordinator.engine.Backend` over real clients.
+
+Tasks go to connected client daemons through the :class:`~fedpeft.coordinator.handlers.Fleet`
+(they pull them); results come back through PushResult. What the simulation ships inside
+a task that a real client keeps itself — its data (``indices``), its error-feedback
+residual, its held adapter, its SecAgg secrets — stays on the device: the daemon
+substitutes its own. The coordinator still knows exactly which adapter each client holds
+(it computes the same reconstruction from the downlink it sent), which is all a
+compressed (delta) downlink needs.
+
+Evaluation and the initial adapter run here, on the coordinator's own client app (it holds
+the backbone and the evaluation data).
+
+Rounds have a deadline (``round_timeout``): a client that disconnects (no heartbeat for
+``liveness_seconds``) or misses the deadline is dropped and logged, its late result
+rejected; the engine's ``min_fit_clients`` decides whether the round still counts.
+A result accepted before a coordinator crash is reused when the round runs again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from fedpeft.client.app import ClientApp
+from fedpeft.client.codecs import apply_downlink
+from fedpeft.compression import FULL_WEIGHTS_CODEC, Codec
+from fedpeft.coordinator.handlers import Fleet, PendingTask, result_of
+from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
+
+log = logging.getLogger(__name__)
+
+#: Prefix of a client's error when it does not hold the adapter a delta applies to (its
+#: state folder was lost, or the coordinator rolled back a round): it gets full weights.
+STATE_MISMATCH = "state-mismatch"
+
+
+class LiveClientSampler:
+    """Samples ``per_round`` of the connected, ready clients, seeded by (seed, round).
+
+    Waits until that many are ready (``wait_timeout`` None: forever); after a timeout it
+    samples whoever is there and the engine's quorum decides.
+    """
+
+    def __init__(
+        self, fleet: Fleet, per_round: int, seed: int, wait_timeout: float | None = None
+    ) -> None:
+        self.fleet, self.per_round, self.seed = fleet, per_round, seed
+        self.wait_timeout = wait_timeout
+
+    @property
+    def rate(self) -> float:
+        """Sampling rate q for an accountant: per_round over the registered clients."""
+        return self.per_round / max(self.per_round, self.fleet.store.count_clients())
+
+    def sample(self, round_num: int) -> list[int]:
+        ready = self.fleet.wait_ready(self.per_round, self.wait_timeout)
+        if len(ready) <= self.per_round:
+            return sorted(ready)
+        rng = np.random.default_rng([self.seed, round_num, 0x5A4D])
+        chosen = rng.choice(len(ready), size=self.per_round, replace=False)
+        return sorted(ready[int(i)] for i in chosen)
+
+
+class GrpcBackend:
+    def __init__(
+        self,
+        fleet: Fleet,
+        app: ClientApp,
+        downlink: Codec,
+        *,
+        round_timeout: float = 1800.0,
+    ) -> None:
+        self.fleet = fleet
+        self.app = app
+        self.downlink = downlink
+        self.round_timeout = round_timeout
+
+    def initial_state(self) -> Tensors:
+        return self.app.initial_state()
+
+    def evaluate(self, params: Tensors) -> dict[str, float]:
+        return self.app.evaluate(params)
+
+    def shutdown(self) -> None:
+        pass
+
+    # ---- one batch of tasks -------------------------------------------------------------
+    def run(
+        self, tasks: Sequence[TrainTask], on_result: Callable[[TrainResult], None] | None = None
+    ) -> list[TrainResult]:
+        fleet = self.fleet
+        now = time.monotonic()
+        deadline = now + self.round_timeout
+        results: dict[int, TrainResult] = {}
+        posted: dict[int, PendingTask] = {}
+        for task in tasks:
+            stored = fleet.store.get_result(task.round, task.kind, task.client_id)
+            if stored is not None:  # accepted before a restart: counted once, not re-asked
+                log.info("round %d: reusing client %d's stored result", task.round, task.client_id)
+                results[task.client_id] = self._complete(task, result_of(stored))
+            else:
+                posted[task.client_id] = fleet.post(task, deadline, now)
+        with fleet.changed:
+            while True:
+                now = time.monotonic()
+                for cid, pending in list(posted.items()):
+                    if cid in results:
+                        continue
+                    if pending.result is not None:
+                        refreshed = self._maybe_resend(pending, deadline, now)
+                        if refreshed is not None:
+                            posted[cid] = refreshed
+                            continue
+                        results[cid] = self._complete(pending.task, pending.result)
+                        continue
+                    silent = now - fleet.last_seen.get(cid, -np.inf)
+                    if silent > fleet.settings.liveness_seconds and not pending.uploading:
+                        results[cid] = self._drop(pending, f"disconnected ({silent:.0f}s silent)")
+                if len(results) == len(tasks) or now >= deadline:
+                    break
+                fleet.changed.wait(min(1.0, deadline - now))
+        for cid, pending in posted.items():
+            if cid not in results:
+                results[cid] = self._drop(
+                    pending, f"no result by the round deadline ({self.round_timeout:.0f}s)"
+                )
+        fleet.collect_artifacts()
+        ordered = [results[t.client_id] for t in tasks]
+        if on_result is not None:
+            for result in ordered:
+                on_result(result)
+        return ordered
+
+    def _drop(self, pending: PendingTask, why: str) -> TrainResult:
+        task = pending.task
+        self.fleet.withdraw(pending.wire.task_id)
+        self.fleet.metrics.results.labels("dropped").inc()
+        log.warning("round %d: client %d dropped: %s", task.round, task.client_id, why)
+        return TrainResult(task.round, task.client_id, error=f"straggler: {why}")
+
+    def _maybe_resend(
+        self, pending: PendingTask, deadline: float, now: float
+    ) -> PendingTask | None:
+        """A client that lacks the adapter a delta applies to gets full weights instead."""
+        result, task = pending.result, pending.task
+        if result is None or not (result.error or "").startswith(STATE_MISMATCH):
+            return None
+        if not task.downlink_is_delta:
+            return None
+        log.warning(
+            "round %d: client %d %s; sending full weights", task.round, task.client_id, result.error
+        )
+        full = dataclasses.replace(
+            task,
+            downlink=FULL_WEIGHTS_CODEC.encode(apply_downlink(self.downlink, task)),
+            downlink_is_delta=False,
+        )
+        self.fleet.withdraw(pending.wire.task_id)
+        return self.fleet.post(full, deadline, now)
+
+    def _complete(self, task: TrainTask, result: TrainResult) -> TrainResult:
+        """The result as the engine expects it: with the state the client now holds."""
+        if task.kind == "train" and result.ok:
+            held = apply_downlink(self.downlink, task) if self.downlink.name != "dense" else None
+            result.state = ClientState(version=task.version, held=held, residual=None)
+        return result

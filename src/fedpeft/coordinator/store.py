@@ -1,0 +1,306 @@
+"""The coordinator's persistent state: one SQLite file behind one small interface.
+
+Tables: ``meta`` (run id, run status), ``clients`` (id, SHA-256 of the credential),
+``rounds`` (started / committed, the metrics record), ``results`` (every accepted result,
+keyed by round, kind and client: nothing is counted twice, and a result accepted before
+a crash is reused when the round runs again), ``artifacts`` (content-addressed files).
+
+The global adapter itself lives in the engine's checkpoint (the run folder); the store
+never holds a model. The privacy ledger (:mod:`fedpeft.privacy.ledger`) keeps its own
+SQLite file beside this one (``ledger_path``).
+
+SQLite in WAL mode, ``PRAGMA user_version`` for the schema version; one connection
+shared by the server's threads behind a lock (SQLite serialises writers anyway).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedpeft.errors import FedPeftError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS clients (
+    id INTEGER PRIMARY KEY,
+    token_hash TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    registered_at REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY,
+    status TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    record TEXT
+);
+CREATE TABLE IF NOT EXISTS results (
+    round INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    client_id INTEGER NOT NULL,
+    task_id TEXT NOT NULL,
+    num_examples INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    error TEXT,
+    payload BLOB,
+    payload_sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    accepted_at REAL NOT NULL,
+    PRIMARY KEY (round, kind, client_id)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    sha256 TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+class StoreError(FedPeftError):
+    """The state database is unusable (newer schema, not a fedpeft database)."""
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    round: int
+    kind: str
+    client_id: int
+    task_id: str
+    num_examples: int
+    metrics: dict[str, float]
+    error: str | None
+    payload: bytes
+    payload_sha256: str
+
+
+@dataclass(frozen=True)
+class Artifact:
+    sha256: str
+    name: str
+    size: int
+    path: Path
+
+
+class Store:
+    """The coordinator's state database (``--state``)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # an accepted result survives kill -9
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}; this fedpeft knows {SCHEMA_VERSION}"
+            )
+        if version == 0:  # a new file: create the schema (executescript commits itself)
+            with self._lock:
+                self._db.executescript(_SCHEMA)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if self.get_meta("run_id") is None:
+            self.set_meta("run_id", secrets.token_hex(8))
+            self.set_meta("created_at", str(time.time()))
+
+    @property
+    def ledger_path(self) -> Path:
+        """Where the privacy ledger's own SQLite file belongs (beside this one)."""
+        return self.path.with_name(self.path.stem + ".ledger.db")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ---- meta ---------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    @property
+    def run_id(self) -> str:
+        return self.get_meta("run_id") or ""
+
+    # ---- clients ------------------------------------------------------------------------
+    def add_client(self, token_hash: str, name: str, now: float) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO clients (token_hash, name, registered_at, last_seen) "
+                "VALUES (?, ?, ?, ?)",
+                (token_hash, name, now, now),
+            )
+            return int(cur.lastrowid or 0)
+
+    def client_token_hash(self, client_id: int) -> str | None:
+        rows = self._query("SELECT token_hash FROM clients WHERE id = ?", (client_id,))
+        return str(rows[0][0]) if rows else None
+
+    def client_ids(self) -> list[int]:
+        return [int(r[0]) for r in self._query("SELECT id FROM clients ORDER BY id")]
+
+    def touch_clients(self, seen: dict[int, float]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE clients SET last_seen = ? WHERE id = ?",
+                [(t, cid) for cid, t in seen.items()],
+            )
+
+    def count_clients(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM clients")[0][0])
+
+    # ---- rounds -------------------------------------------------------------------------
+    def round_started(self, round_num: int, now: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO rounds (round, status, started_at) VALUES (?, 'running', ?) "
+                "ON CONFLICT(round) DO UPDATE SET status = 'running', started_at = excluded."
+                "started_at, finished_at = NULL, record = NULL",
+                (round_num, now),
+            )
+
+    def round_committed(self, round_num: int, record: dict[str, Any], now: float) -> None:
+        status = "failed" if "round_failed" in record else "committed"
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO rounds (round, status, started_at, finished_at, record) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(round) DO UPDATE SET status = "
+                "excluded.status, finished_at = excluded.finished_at, record = excluded.record",
+                (round_num, status, now, now, json.dumps(record, sort_keys=True)),
+            )
+            # the round's updates are in the checkpoint now: keep who sent what, drop bytes
+            db.execute("UPDATE results SET payload = NULL WHERE round <= ?", (round_num,))
+
+    def rounds(self) -> list[dict[str, Any]]:
+        rows = self._query(
+            "SELECT round, status, started_at, finished_at, record FROM rounds ORDER BY round"
+        )
+        return [
+            {
+                "round": r[0],
+                "status": r[1],
+                "started_at": r[2],
+                "finished_at": r[3],
+                "record": json.loads(r[4]) if r[4] else None,
+            }
+            for r in rows
+        ]
+
+    # ---- results ------------------------------------------------------------------------
+    def add_result(self, result: StoredResult, now: float) -> bool:
+        """Record an accepted result; False when (round, kind, client) already has one."""
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO results (round, kind, client_id, task_id, num_examples, "
+                    "metrics, error, payload, payload_sha256, size, accepted_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        result.round,
+                        result.kind,
+                        result.client_id,
+                        result.task_id,
+                        result.num_examples,
+                        json.dumps(result.metrics),
+                        result.error,
+                        result.payload,
+                        result.payload_sha256,
+                        len(result.payload),
+                        now,
+                    ),
+                )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def get_result(self, round_num: int, kind: str, client_id: int) -> StoredResult | None:
+        """An accepted result whose payload is still held (its round not yet committed)."""
+        rows = self._query(
+            "SELECT task_id, num_examples, metrics, error, payload, payload_sha256 FROM results "
+            "WHERE round = ? AND kind = ? AND client_id = ? AND payload IS NOT NULL",
+            (round_num, kind, client_id),
+        )
+        if not rows:
+            return None
+        task_id, n, metrics, error, payload, sha = rows[0]
+        return StoredResult(
+            round_num, kind, client_id, task_id, n, json.loads(metrics), error, bytes(payload), sha
+        )
+
+    def has_result(self, round_num: int, kind: str, client_id: int) -> bool:
+        rows = self._query(
+            "SELECT 1 FROM results WHERE round = ? AND kind = ? AND client_id = ?",
+            (round_num, kind, client_id),
+        )
+        return bool(rows)
+
+    def forget_uncommitted_results(self, round_num: int) -> None:
+        """Drop results of ``round_num`` and later (a rerun of a round the checkpoint does
+        not hold, for clients that are not asked again)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM results WHERE round >= ?", (round_num,))
+
+    def count_results(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM results")[0][0])
+
+    # ---- artifacts ----------------------------------------------------------------------
+    def add_artifact(self, artifact: Artifact, now: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO artifacts (sha256, name, size, path, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (artifact.sha256, artifact.name, artifact.size, str(artifact.path), now),
+            )
+
+    def get_artifact(self, sha256: str) -> Artifact | None:
+        rows = self._query("SELECT name, size, path FROM artifacts WHERE sha256 = ?", (sha256,))
+        if not rows:
+            return None
+        name, size, path = rows[0]
+        return Artifact(sha256, str(name), int(size), Path(path))
+
+    def artifacts(self) -> list[Artifact]:
+        rows = self._query("SELECT sha256, name, size, path FROM artifacts ORDER BY created_at")
+        return [Artifact(r[0], r[1], int(r[2]), Path(r[3])) for r in rows]
+
+    def remove_artifact(self, sha256: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM artifacts WHERE sha256 = ?", (sha256,))
