@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.live import Live
 from rich.table import Table
 
-from fedpeft.cli.common import console, resolve_config
+from fedpeft.cli.common import (
+    config_options,
+    console,
+    extra_overrides,
+    parse_columns,
+    print_config_and_exit,
+    resolve_config,
+)
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.engine import EngineHooks
 from fedpeft.coordinator.messages import TrainResult
 from fedpeft.errors import ConfigError
 from fedpeft.rundir import RunDir
+
+if TYPE_CHECKING:
+    from fedpeft.tensorboard import ScalarLogger
 
 # Built-in defaults of the simulate command (a few minutes on 2 CPU cores).
 SIMULATE_DEFAULTS: dict[str, Any] = {
@@ -25,12 +35,28 @@ SIMULATE_DEFAULTS: dict[str, Any] = {
 }
 
 
+@config_options(defaults=SIMULATE_DEFAULTS)  # help panels, defaults, every config field
 def simulate(
     config: Path | None = typer.Option(None, "--config", help="TOML experiment file"),
+    print_config: bool = typer.Option(
+        False, "--print-config", help="print the resolved config as TOML (for --config) and exit"
+    ),
     resume: Path | None = typer.Option(None, "--resume", help="continue this run folder"),
     model: str | None = typer.Option(None, "--model"),
     data: str | None = typer.Option(None, "--data", help="training data (default: built-in)"),
     eval_data: str | None = typer.Option(None, "--eval-data"),
+    max_eval_examples: int | None = typer.Option(None, "--max-eval-examples"),
+    text_column: str | None = typer.Option(
+        None,
+        "--text-column",
+        help="text column name(s) or 0-based index(es); several joined: --text-column 1,2",
+    ),
+    label_column: str | None = typer.Option(
+        None, "--label-column", help="label column name or 0-based index"
+    ),
+    tensorboard: Path | None = typer.Option(
+        None, "--tensorboard", help="also write TensorBoard scalars to this folder"
+    ),
     output: str | None = typer.Option(None, "--output", help="run folder"),
     rounds: int | None = typer.Option(None, "--rounds"),
     clients: int | None = typer.Option(None, "--clients"),
@@ -64,6 +90,8 @@ def simulate(
     epochs: float | None = typer.Option(None, "--local-epochs"),
     local_steps: int | None = typer.Option(None, "--local-steps"),
     lr: float | None = typer.Option(None, "--lr"),
+    schedule: str | None = typer.Option(None, "--schedule", help="client lr within a round"),
+    warmup_ratio: float | None = typer.Option(None, "--warmup-ratio"),
     optimizer: str | None = typer.Option(None, "--optimizer", help="adamw or sgd"),
     momentum: float | None = typer.Option(None, "--momentum", help="SGD momentum"),
     batch_size: int | None = typer.Option(None, "--batch-size"),
@@ -94,6 +122,7 @@ def simulate(
         "model.name": model,
         "data.train": data,
         "data.eval": eval_data,
+        "data.max_eval_examples": max_eval_examples,
         "output": output,
         "federation.rounds": rounds,
         "federation.clients": clients,
@@ -113,6 +142,10 @@ def simulate(
         "train.epochs": epochs,
         "train.max_steps": local_steps,
         "train.lr": lr,
+        "train.schedule": schedule,
+        "train.warmup_ratio": warmup_ratio,
+        "data.text_column": parse_columns(text_column),
+        "data.label_column": parse_columns(label_column),
         "train.optimizer": optimizer,
         "train.momentum": momentum,
         "train.batch_size": batch_size,
@@ -132,6 +165,7 @@ def simulate(
         "codec.scale": scale,
         "codec.downlink": downlink,
     }
+    overrides.update(extra_overrides())  # the --<section>-<field> options
     if resume is not None:
         if config is not None or output is not None:
             raise ConfigError("--resume", "takes its config and output from the run folder")
@@ -140,13 +174,31 @@ def simulate(
         cfg = resolve_config(config, overrides)
     else:
         cfg = JobConfig().replace({**SIMULATE_DEFAULTS}).replace(overrides)
+    if print_config:
+        print_config_and_exit(cfg)
 
     from fedpeft.simulation import run_simulation
+    from fedpeft.tensorboard import ScalarLogger
 
+    cap = cfg.data.max_eval_examples
+    console.print(
+        f"evaluating on the first {cap} held-out examples (data.max_eval_examples; "
+        "--max-eval-examples to change)"
+        if cap is not None
+        else "evaluating on every held-out example"
+    )
+    tb = ScalarLogger(tensorboard) if tensorboard is not None else None
     display = _Display(cfg)
-    with Live(display.render(), console=console, refresh_per_second=4) as live:
-        display.live = live
-        summary = run_simulation(cfg, resume=resume is not None, hooks=display.hooks())
+    display.tensorboard = tb
+    try:
+        with Live(display.render(), console=console, refresh_per_second=4) as live:
+            display.live = live
+            summary = run_simulation(cfg, resume=resume is not None, hooks=display.hooks())
+        if tb is not None:  # round 0: the adapter before any training
+            tb.log({k[8:]: v for k, v in summary.items() if k.startswith("initial_")}, 0)
+    finally:
+        if tb is not None:
+            tb.close()
     _print_summary(summary, cfg)
 
 
@@ -160,6 +212,7 @@ class _Display:
         self.cohort = 0
         self.done = 0
         self.last: dict[str, Any] = {}
+        self.tensorboard: ScalarLogger | None = None
 
     def hooks(self) -> EngineHooks:
         return EngineHooks(self.on_round_start, self.on_client_done, self.on_round_end)
@@ -174,6 +227,8 @@ class _Display:
 
     def on_round_end(self, record: dict[str, Any]) -> None:
         self.last = record
+        if self.tensorboard is not None:
+            self.tensorboard.log(record, int(record["round"]))
         self.refresh()
         console.print(_round_line(record))
 
@@ -222,6 +277,7 @@ def _print_summary(summary: dict[str, Any], cfg: JobConfig) -> None:
         "initial_eval_perplexity",
         "final_eval_perplexity",
         "rounds",
+        "eval_examples",
         "bytes_up",
         "bytes_down",
         "wall_seconds",

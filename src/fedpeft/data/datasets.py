@@ -162,12 +162,16 @@ def format_alpaca_prompt(instruction: str, input: str | None = None) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
+Column = str | int
+
+
 def load_dataset(
     source: str,
     *,
     format: str | DataFormat | None = None,
-    text_column: str = "text",
-    label_column: str = "label",
+    text_column: Column | Sequence[Column] = "text",
+    label_column: Column = "label",
+    header: bool | None = None,
     label_names: Sequence[str] | None = None,
     max_examples: int | None = None,
 ) -> Dataset:
@@ -187,18 +191,26 @@ def load_dataset(
     ``.json``, ``.csv``, ``.tsv``, ``.tab``) or, failing that, from the content. JSON and
     JSONL objects with ``instruction``/``output`` keys become :class:`InstructionData` via
     the Alpaca templates; anything else is classification read from ``text_column`` and
-    ``label_column``. Labels may be strings or integers. Without ``label_names`` the
-    names are the sorted distinct labels (integer labels sorted numerically); with them,
-    each label must be one of the names -- or, when no name looks like an integer, an
-    integer index into them. ``max_examples`` keeps the first N examples; label names are
-    worked out from the whole file first so they do not depend on N.
+    ``label_column``. A column is a name or, in CSV/TSV files, a 0-based index;
+    ``text_column`` may list several, whose texts are joined with one space (AG News:
+    title and description). ``header`` says whether a CSV/TSV file's first row names its
+    columns; ``None`` detects it: with any column given by name the first row is the
+    header, with indices only it is a header unless its label cell is also the label of
+    a later row (a header's ``label`` is no class). Labels may be strings or integers.
+    Without ``label_names`` the names are the sorted distinct labels (integer labels
+    sorted numerically); with them, each label must be one of the names -- or, when no
+    name looks like an integer, an integer index into them. ``max_examples`` keeps the
+    first N examples; label names are worked out from the whole file first so they do
+    not depend on N.
     """
     check_max_examples(max_examples)
     fmt = _coerce_format(format)
     names = _check_label_names(label_names)
+    texts = _check_columns(text_column, label_column)
 
     if source.startswith("hf:"):
-        data = _load_hub(source[3:], source, text_column, label_column, names)
+        _names_only(source, "the Hugging Face hub", texts, label_column)
+        data = _load_hub(source[3:], source, [str(c) for c in texts], str(label_column), names)
         return _take(data, max_examples)
 
     from fedpeft.data import builtin  # local import: builtin imports this module
@@ -215,11 +227,12 @@ def load_dataset(
     if path.is_dir():
         raise DataError(f"{path} is a directory; pass the path of a data file inside it")
     if path.is_file():
-        data = _load_file(path, fmt, text_column, label_column, names)
+        data = _load_file(path, fmt, texts, label_column, header, names)
         return _take(data, max_examples)
 
     if _looks_like_hub_id(source) and importlib.util.find_spec("datasets") is not None:
-        data = _load_hub(source, source, text_column, label_column, names)
+        _names_only(source, "the Hugging Face hub", texts, label_column)
+        data = _load_hub(source, source, [str(c) for c in texts], str(label_column), names)
         return _take(data, max_examples)
     raise DataError(f"file not found: {path}")
 
@@ -232,6 +245,36 @@ def check_max_examples(max_examples: int | None) -> None:
         raise ConfigError(
             "max_examples", f"must be a positive integer or None, got {max_examples!r}"
         )
+
+
+def _check_columns(text_column: Column | Sequence[Column], label_column: Column) -> list[Column]:
+    """The text columns as a list; ConfigError naming the field for anything else."""
+    texts: list[Column] = (
+        [text_column] if isinstance(text_column, (str, int)) else list(text_column)
+    )
+    if not texts:
+        raise ConfigError("data.text_column", "must name at least one column")
+    for field, col in [
+        *(("data.text_column", c) for c in texts),
+        ("data.label_column", label_column),
+    ]:
+        if isinstance(col, bool) or not (
+            (isinstance(col, str) and col.strip()) or (isinstance(col, int) and col >= 0)
+        ):
+            raise ConfigError(field, f"must be a column name or a 0-based index, got {col!r}")
+    return texts
+
+
+def _names_only(source: str, what: str, texts: list[Column], label: Column) -> None:
+    """Indices select CSV/TSV columns; records keyed by name need names."""
+    for field, cols in (("data.text_column", texts), ("data.label_column", [label])):
+        indices = [c for c in cols if isinstance(c, int)]
+        if indices:
+            raise ConfigError(
+                field,
+                f"0-based indices {indices} select columns of a CSV/TSV file; {source} is "
+                f"read from {what}, whose records have named fields",
+            )
 
 
 def _take(data: Dataset, max_examples: int | None) -> Dataset:
@@ -284,7 +327,7 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: cannot read file ({e.strerror or e})") from e
 
 
-def _detect_format(path: Path, text: str, text_column: str) -> DataFormat:
+def _detect_format(path: Path, text: str, text_column: Column) -> DataFormat:
     suffix = path.suffix.lower()
     by_suffix = {
         ".jsonl": DataFormat.JSONL,
@@ -307,7 +350,9 @@ def _detect_format(path: Path, text: str, text_column: str) -> DataFormat:
     if "\t" in first:
         return DataFormat.TSV
     header = next(csv.reader([first]), [])
-    if len(header) > 1 and (text_column in header or "instruction" in header):
+    if len(header) > 1 and (
+        isinstance(text_column, int) or text_column in header or "instruction" in header
+    ):
         return DataFormat.CSV
     return DataFormat.LABELED_LINES
 
@@ -315,13 +360,14 @@ def _detect_format(path: Path, text: str, text_column: str) -> DataFormat:
 def _load_file(
     path: Path,
     fmt: DataFormat | None,
-    text_column: str,
-    label_column: str,
+    texts: list[Column],
+    label_column: Column,
+    header: bool | None,
     names: list[str] | None,
 ) -> Dataset:
     text = _read_text(path)
     detected = fmt is None
-    fmt = fmt or _detect_format(path, text, text_column)
+    fmt = fmt or _detect_format(path, text, texts[0])
     logger.debug("loading %s as %s", path, fmt.value)
     if fmt is DataFormat.LABELED_LINES:
         pairs = list(_labeled_lines(path, text))
@@ -329,15 +375,18 @@ def _load_file(
         return _classification(path, pairs, names)
     if fmt is DataFormat.ORANGE_TAB:
         return _classification(path, list(_orange_rows(path, text)), names)
-    if fmt is DataFormat.JSONL:
-        records: Iterable[tuple[str, dict[str, Any]]] = _jsonl_records(path, text)
-    elif fmt is DataFormat.JSON:
-        records = _json_records(path, text)
-    else:
-        records = _csv_records(
-            path, text, "\t" if fmt is DataFormat.TSV else ",", text_column, label_column
+    if fmt in (DataFormat.JSONL, DataFormat.JSON):
+        _names_only(str(path), f"a {fmt.value} file", texts, label_column)
+        text_names, label_name = [str(c) for c in texts], str(label_column)
+        records: Iterable[tuple[str, dict[str, Any]]] = (
+            _jsonl_records(path, text) if fmt is DataFormat.JSONL else _json_records(path, text)
         )
-    return _from_records(path, str(path), records, text_column, label_column, names, None)
+    else:
+        delimiter = "\t" if fmt is DataFormat.TSV else ","
+        records, text_names, label_name = _csv_records(
+            path, text, delimiter, texts, label_column, header
+        )
+    return _from_records(path, str(path), records, text_names, label_name, names, None)
 
 
 def _labeled_lines(path: Path, text: str) -> Iterator[tuple[str, str, str]]:
@@ -430,43 +479,87 @@ def _json_records(path: Path, text: str) -> Iterator[tuple[str, dict[str, Any]]]
 
 
 def _csv_records(
-    path: Path, text: str, delimiter: str, text_column: str, label_column: str
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    path: Path,
+    text: str,
+    delimiter: str,
+    texts: list[Column],
+    label: Column,
+    header: bool | None,
+) -> tuple[Iterator[tuple[str, dict[str, Any]]], list[str], str]:
+    """Rows of a CSV/TSV file as records keyed by column name (``"0"``, ``"1"``, ... in a
+    file without a header row), and the names the text and label columns resolve to."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows: list[tuple[int, list[str]]] = []
     try:
-        header = reader.fieldnames
+        for row in reader:
+            if any(cell.strip() for cell in row):  # blank lines are skipped
+                rows.append((reader.line_num, row))
     except csv.Error as e:
-        raise DataError(f"{path}:1: cannot parse header ({e})") from e
-    if not header:
+        raise DataError(f"{path}:{reader.line_num}: cannot parse row ({e})") from e
+    if not rows:
         raise DataError(f"{path}: no examples found (the file is empty)")
-    wanted = (
-        list(_INSTRUCTION_KEYS)
-        if set(_INSTRUCTION_KEYS) <= set(header) and not {text_column, label_column} <= set(header)
-        else [text_column, label_column]
-    )
-    missing = [c for c in wanted if c not in header]
+    named = [c for c in [*texts, label] if isinstance(c, str)]
+    has_header = _has_header(rows, named, label) if header is None else header
+    if named and not has_header:
+        raise ConfigError(
+            "data.header",
+            f"{path}: columns {named} are names but the file has no header row; "
+            "select columns by 0-based index (--text-column 1 --label-column 0)",
+        )
+    first_line, first = rows[0]
+    if has_header:
+        columns, body, what = [c.strip() for c in first], rows[1:], "the header"
+    else:
+        columns, body, what = [str(i) for i in range(len(first))], rows, "the first row"
+
+    def resolve(field: str, col: Column) -> str:
+        if isinstance(col, int):
+            if col >= len(columns):
+                raise DataError(
+                    f"{path}:{first_line}: {field} {col} is out of range: {what} has "
+                    f"{len(columns)} columns (0-based indices 0..{len(columns) - 1})"
+                )
+            return columns[col]
+        return col
+
+    text_names = [resolve("data.text_column", c) for c in texts]
+    label_name = resolve("data.label_column", label)
+    wanted = [*text_names, label_name]
+    if has_header and set(_INSTRUCTION_KEYS) <= set(columns) and not set(wanted) <= set(columns):
+        wanted = list(_INSTRUCTION_KEYS)
+    missing = [c for c in wanted if c not in columns]
     if missing:
         raise DataError(
-            f"{path}:1: missing column(s) {missing}; the header has columns {list(header)} "
-            f"(choose others with text_column=/label_column=)"
+            f"{path}:{first_line}: missing column(s) {missing}; the header has columns "
+            f"{columns} (choose others with text_column=/label_column=; for a file without "
+            f"a header row give 0-based indices, e.g. --text-column 1 --label-column 0)"
         )
-    width = len(header)
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            raise DataError(f"{path}:{reader.line_num}: cannot parse row ({e})") from e
-        where = f"{path}:{reader.line_num}"
-        if None in row:  # more cells than header columns
-            raise DataError(f"{where}: {width + len(row[None])} cells but the header has {width}")
-        if all(v is None or not str(v).strip() for v in row.values()):
-            continue  # blank line
-        short = [c for c in wanted if row.get(c) is None]
-        if short:
-            raise DataError(f"{where}: row has fewer cells than the header (no {short})")
-        yield where, dict(row)
+
+    def records() -> Iterator[tuple[str, dict[str, Any]]]:
+        width = len(columns)
+        for lineno, row in body:
+            where = f"{path}:{lineno}"
+            if len(row) > width:
+                raise DataError(f"{where}: {len(row)} cells but {what} has {width}")
+            rec = dict(zip(columns, row, strict=False))
+            short = [c for c in wanted if c not in rec]
+            if short:
+                raise DataError(f"{where}: row has fewer cells than {what} (no {short})")
+            yield where, rec
+
+    return records(), text_names, label_name
+
+
+def _has_header(rows: list[tuple[int, list[str]]], named: Sequence[Column], label: Column) -> bool:
+    """``data.header = "auto"``: named columns need a header row; with indices only, the
+    first row is a header unless its label cell is also the label of a later row."""
+    if named or not isinstance(label, int):
+        return True
+    first = rows[0][1]
+    if len(rows) < 2 or label >= len(first):
+        return False
+    later = {row[label].strip() for _, row in rows[1:] if label < len(row)}
+    return first[label].strip() not in later
 
 
 # --------------------------------------------------------------------------- records
@@ -476,7 +569,7 @@ def _from_records(
     origin: Path | str,
     what: str,
     records: Iterable[tuple[str, dict[str, Any]]],
-    text_column: str,
+    text_columns: list[str],
     label_column: str,
     names: list[str] | None,
     default_names: list[str] | None,
@@ -486,7 +579,7 @@ def _from_records(
     if first is None:
         raise DataError(f"{what}: no examples found (0 examples after parsing)")
     keys = set(first[1])
-    instruction = set(_INSTRUCTION_KEYS) <= keys and not {text_column, label_column} <= keys
+    instruction = set(_INSTRUCTION_KEYS) <= keys and not {*text_columns, label_column} <= keys
 
     def chain() -> Iterator[tuple[str, dict[str, Any]]]:
         yield first
@@ -496,19 +589,25 @@ def _from_records(
         return _instruction(what, chain())
     pairs: list[tuple[str, Any, str]] = []
     for where, rec in chain():
-        missing = [c for c in (text_column, label_column) if c not in rec]
+        missing = [c for c in (*text_columns, label_column) if c not in rec]
         if missing:
             raise DataError(
                 f"{where}: missing column(s) {missing}; columns present: {sorted(rec)} "
                 f"(choose others with text_column=/label_column=)"
             )
-        body = rec[text_column]
-        if not isinstance(body, str):
-            raise DataError(
-                f"{where}: column {text_column!r} must hold text, got {type(body).__name__}"
-            )
-        if not body.strip():
-            raise DataError(f"{where}: empty text in column {text_column!r}")
+        parts: list[str] = []
+        for column in text_columns:
+            cell = rec[column]
+            if not isinstance(cell, str):
+                raise DataError(
+                    f"{where}: column {column!r} must hold text, got {type(cell).__name__}"
+                )
+            if cell.strip():
+                parts.append(cell.strip())
+        if not parts:
+            shown = text_columns[0] if len(text_columns) == 1 else text_columns
+            raise DataError(f"{where}: empty text in column {shown!r}")
+        body = " ".join(parts)
         pairs.append((where, _label_str(where, rec[label_column], label_column), body))
     return _classification(origin, pairs, names, default_names)
 
@@ -612,7 +711,7 @@ def _relabel(data: ClassificationData, names: list[str], source: str) -> Classif
 
 
 def _load_hub(
-    spec: str, source: str, text_column: str, label_column: str, names: list[str] | None
+    spec: str, source: str, text_columns: list[str], label_column: str, names: list[str] | None
 ) -> Dataset:
     """Load ``<id>[@<config>][:<split>]`` with the optional ``datasets`` package."""
     if importlib.util.find_spec("datasets") is None:
@@ -652,7 +751,7 @@ def _load_hub(
                     rec[label_column] = class_names[value]
             yield f"{source} (row {i})", rec
 
-    return _from_records(source, source, rows(), text_column, label_column, names, default_names)
+    return _from_records(source, source, rows(), text_columns, label_column, names, default_names)
 
 
 def _clip(s: str, n: int = 60) -> str:

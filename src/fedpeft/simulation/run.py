@@ -25,6 +25,7 @@ from fedpeft.data import ClassificationData, describe, partition
 from fedpeft.errors import ConfigError
 from fedpeft.models import resolve_model_path
 from fedpeft.rundir import RunDir, atomic_write_bytes
+from fedpeft.simulation import failures
 from fedpeft.training.setup import load_job_data
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ def make_shards(cfg: JobConfig) -> tuple[list[np.ndarray], dict[str, Any]]:
         "label_names": data.label_names,
         "model_path": resolve_model_path(cfg.model.name, cfg.model.cache_dir),
         "partition": describe(shards, labels),
+        "eval_examples": 0 if data.eval is None else len(data.eval),
     }
     return shards, meta
 
@@ -150,7 +152,7 @@ def run_simulation(
             sampler=ClientSampler(fed.clients, fed.clients_per_round, fed.sampling, cfg.train.seed),
             shards=shards,
             run=run,
-            hooks=hooks,
+            hooks=failures.watch(hooks),  # stops a run whose clients all raise one error
             **engine_settings(cfg),
         )
         if resume:
@@ -161,6 +163,7 @@ def run_simulation(
             # kept beside the checkpoint so a resumed run still reports round 0
             atomic_write_bytes(run.path / "summary.json", json.dumps(initial).encode())
         engine.run()
+        failures.check_run(run.read_metrics())  # every round failed: an error, not exit 0
         final_params = engine.output_params
     except BaseException:
         backend.shutdown()
@@ -180,6 +183,9 @@ def run_simulation(
 
             export_adapter(run.path, run.path / "adapter")
     summary = summarize(records, initial, time.perf_counter() - start, summary_prev)
+    # evaluation is on the first data.max_eval_examples held-out examples: say how many
+    summary["eval_examples"] = meta["eval_examples"]
+    summary["max_eval_examples"] = cfg.data.max_eval_examples
     atomic_write_bytes(run.path / "summary.json", json.dumps(summary, indent=2).encode())
     return summary
 

@@ -48,6 +48,7 @@ def load_job_data(cfg: JobConfig) -> JobData:
         d.train,
         text_column=d.text_column,
         label_column=d.label_column,
+        header=None if d.header == "auto" else bool(d.header),
         max_examples=d.max_train_examples,
     )
     task = Task.CLASSIFICATION if isinstance(train, ClassificationData) else Task.CAUSAL_LM
@@ -58,6 +59,7 @@ def load_job_data(cfg: JobConfig) -> JobData:
             eval_source,
             text_column=d.text_column,
             label_column=d.label_column,
+            header=None if d.header == "auto" else bool(d.header),
             label_names=train.label_names if isinstance(train, ClassificationData) else None,
             max_examples=d.max_eval_examples,
         )
