@@ -59,7 +59,10 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 _DOMAIN = b"fedpeft-secagg-v1 "
 _IDS = struct.Struct("<QQQ")  # round, id, id
-_CTR_NONCE = bytes(16)  # every CTR key is derived for one use, so a fixed counter block is safe
+#: every CTR key is derived for one use, so a fixed counter block is safe
+_CTR_NONCE = bytes(16)
+#: a throwaway key used only to probe peers' public keys for low-order points
+_PROBE = X25519PrivateKey.generate()
 
 
 def new_seed() -> bytes:
@@ -82,7 +85,7 @@ def check_public_key(raw: bytes) -> X25519PublicKey:
     """Parse a raw X25519 public key; low-order points (all-zero shared secret) raise
     ``ValueError``."""
     key = X25519PublicKey.from_public_bytes(bytes(raw))
-    X25519PrivateKey.generate().exchange(key)  # raises ValueError on a low-order point
+    _PROBE.exchange(key)  # raises ValueError on a low-order point, whatever the scalar
     return key
 
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fedpeft.errors import ConfigError
+from fedpeft.errors import CodecError, ConfigError
 from fedpeft.privacy.secagg.encoding import MAX_BITS
 from fedpeft.privacy.secagg.errors import SecAggError
 from fedpeft.privacy.secagg.wire import SERVER, Stage, decode_frame, encode_frame
@@ -87,6 +87,10 @@ class SecAggParams:
             raise ConfigError("secagg.round", f"must be non-negative, got {self.round}")
         if not 1 <= self.degree <= n - 1:
             raise ConfigError("secagg.degree", f"must be in [1, {n - 1}] for {n} clients")
+        if self.degree < 2 < n:
+            raise ConfigError(
+                "secagg.degree", f"must be at least 2 for {n} clients (degree 1 splits the graph)"
+            )
         if self.degree % 2 and n % 2:
             raise ConfigError(
                 "secagg.degree", f"an odd degree {self.degree} needs an even cohort, got {n}"
@@ -126,7 +130,10 @@ class SecAggParams:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SecAggParams:
-        frame = decode_frame(data)
+        try:
+            frame = decode_frame(data)
+        except CodecError as exc:
+            raise SecAggError(f"bad secure-aggregation parameters message: {exc}") from exc
         if frame.stage != Stage.PARAMS or frame.sender != SERVER:
             raise SecAggError("not a secure-aggregation parameters message")
         try:

@@ -52,10 +52,6 @@ from fedpeft.privacy.secagg.wire import SERVER, Stage, decode_frame, encode_fram
 
 __all__ = ["SecAggServer", "ServerStage"]
 
-#: at most this many t-subsets of the available shares are tried per secret before a
-#: mismatch with the owner's public key or commitment aborts the round
-_MAX_SUBSETS = 4
-
 
 class ServerStage:
     """The server's protocol states (Flower-style constants)."""
@@ -377,8 +373,13 @@ class SecAggServer:
                 f"t={t} are needed"
             )
         _, mask_pk, commitment = self._keys[owner]
-        for start in range(min(_MAX_SUBSETS, len(have) - t + 1)):
-            seed = crypto.combine_shares(have[start : start + t])
+        # the first t shares, then (one forged or corrupted share among them) each t-subset
+        # that leaves one of them out: any single bad share is survived when t+1 arrived
+        subsets = [have[:t]]
+        if len(have) > t:
+            subsets += [(have[:j] + have[j + 1 :])[:t] for j in range(t)]
+        for subset in subsets:
+            seed = crypto.combine_shares(subset)
             if kind == SELF_SEED:
                 ok = crypto.seed_commitment(seed, p.round, owner) == commitment
             else:
