@@ -592,6 +592,43 @@ class AdapterConfig:
             )
 
 
+#: ``adapter.kind``: LoRA on the full backbone, or Offsite-Tuning's sandwich adapter on an
+#: emulator (fedpeft.adapters.offsite)
+ADAPTER_KINDS = ("lora", "offsite")
+#: ``adapter.train`` (offsite): LoRA inside the adapter blocks, or the whole blocks
+OFFSITE_TRAIN_MODES = ("lora", "full")
+
+
+@dataclass
+class AdapterConfig:
+    """Which adapter clients train (``lora``, or ``offsite``: Offsite-Tuning)."""
+
+    kind: str = field(
+        default="lora",
+        metadata=_help("lora (LoRA on the full backbone) or offsite (sandwich adapter, emulator)"),
+    )
+    emulator: str | None = field(
+        default=None,
+        metadata=_help("offsite: emulator folder written by `fedpeft offsite build-emulator`"),
+    )
+    train: str = field(
+        default="lora",
+        metadata=_help(
+            "offsite: train the adapter blocks with LoRA inside (lora.* settings) or whole (full)"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _one_of("adapter", "kind", self.kind, ADAPTER_KINDS)
+        _one_of("adapter", "train", self.train, OFFSITE_TRAIN_MODES)
+        if self.kind == "offsite" and not self.emulator:
+            raise ConfigError(
+                "adapter.emulator",
+                "--adapter offsite needs an emulator folder: build one with `fedpeft offsite "
+                "build-emulator --model NAME --out DIR` and pass --emulator DIR",
+            )
+
+
 @dataclass
 class JobConfig:
     """A whole job: central training (``fedpeft train``) or a simulation."""
@@ -602,6 +639,7 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     codec: CodecSettings = field(default_factory=CodecSettings)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
     dp: DpSettings = field(default_factory=DpSettings)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)

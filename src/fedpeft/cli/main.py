@@ -38,13 +38,14 @@ def _root(
 
 
 def _register() -> None:
-    from fedpeft.cli import export, simulate, train
+    from fedpeft.cli import export, offsite, simulate, train
     from fedpeft.cli import init as init_cmd
 
     train.register(app)
     export.register(app)
     simulate.register(app)
     init_cmd.register(app)
+    offsite.register(app)
     from fedpeft.cli import client, coordinator  # the gRPC deployment
 
     coordinator.register(app)

@@ -116,6 +116,12 @@ def simulate(
         None, "--scale", help="compeft scale: mean_abs (least squares), norm, alpha_std"
     ),
     downlink: str | None = typer.Option(None, "--downlink", help="dense or compeft"),
+    adapter: str | None = typer.Option(
+        None, "--adapter", help="lora (default) or offsite (Offsite-Tuning; needs --emulator)"
+    ),
+    emulator: str | None = typer.Option(
+        None, "--emulator", help="offsite: folder from `fedpeft offsite build-emulator`"
+    ),
 ) -> None:
     """Simulate federated LoRA fine-tuning over many virtual clients."""
     overrides = {
@@ -164,6 +170,8 @@ def simulate(
         "codec.dense_below": dense_below,
         "codec.scale": scale,
         "codec.downlink": downlink,
+        "adapter.kind": adapter,
+        "adapter.emulator": emulator,
     }
     overrides.update(extra_overrides())  # the --<section>-<field> options
     if resume is not None:

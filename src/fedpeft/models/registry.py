@@ -32,7 +32,9 @@ class ArchSpec:
 
     lora_targets: tuple[str, ...]
     head_modules: tuple[str, ...]  # trained fully next to LoRA when classifying
-    blocks_path: str  # dotted path of the transformer block list (Offsite-Tuning)
+    # dotted path of the transformer block list in the model *with* its head (what
+    # AutoModelFor... returns); :func:`block_list` also resolves it on the headless model
+    blocks_path: str
     encoder_only: bool = False
     output_layer: str = "score"  # the linear layer that produces the class logits (CCVR)
 
@@ -45,15 +47,23 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # `lora.modules_to_save = ["classifier"]`) did as well centrally (0.868 vs 0.859) and
     # makes updates 2.3x smaller (111k instead of 259k floats) -- see bench/fed_accuracy.py.
     "bert": ArchSpec(
-        ("query", "key", "value"), ("classifier", "pooler"), "encoder.layer", True, "classifier"
+        ("query", "key", "value"),
+        ("classifier", "pooler"),
+        "bert.encoder.layer",
+        True,
+        "classifier",
     ),
     "roberta": ArchSpec(
-        ("query", "key", "value"), ("classifier",), "encoder.layer", True, "classifier.out_proj"
+        ("query", "key", "value"),
+        ("classifier",),
+        "roberta.encoder.layer",
+        True,
+        "classifier.out_proj",
     ),
     "distilbert": ArchSpec(
         ("q_lin", "k_lin", "v_lin"),
         ("pre_classifier", "classifier"),
-        "transformer.layer",
+        "distilbert.transformer.layer",
         True,
         "classifier",
     ),
@@ -74,6 +84,32 @@ def arch_spec(model_type: str) -> ArchSpec:
             f"architecture `{model_type}` has no entry in fedpeft's table; known: "
             f"{sorted(ARCHITECTURES)} (pass `lora.target_modules` explicitly for others)"
         ) from None
+
+
+def block_list(model: Any) -> tuple[str, Any]:
+    """The transformer block list of a transformers model and its dotted path in it.
+
+    ``ArchSpec.blocks_path`` is written for the model with its head (``bert.encoder.layer``,
+    ``model.layers``, ``transformer.h``); on the headless model (``AutoModel``:
+    ``BertModel``, ``LlamaModel``) the leading ``base_model_prefix`` segment is dropped
+    (``encoder.layer``, ``layers``, ``h``).
+    """
+    import torch
+
+    path = arch_spec(model.config.model_type).blocks_path
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    if getattr(model, "base_model", None) is model and path.startswith(prefix):
+        path = path[len(prefix) :]
+    try:
+        blocks = model.get_submodule(path)
+    except AttributeError as exc:
+        raise ModelError(
+            f"architecture `{model.config.model_type}`: no block list at `{path}` "
+            f"in {type(model).__name__}"
+        ) from exc
+    if not isinstance(blocks, torch.nn.ModuleList):
+        raise ModelError(f"`{path}` in {type(model).__name__} is not a list of blocks")
+    return path, blocks
 
 
 def _package_dir(package: str, pip_name: str, extra_hint: str = "") -> Path:

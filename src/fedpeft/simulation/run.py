@@ -65,6 +65,10 @@ def make_shards(cfg: JobConfig) -> tuple[list[np.ndarray], dict[str, Any]]:
 
 
 def lora_app_factory(cfg: JobConfig) -> AppFactory:
+    if cfg.adapter.kind == "offsite":  # checks the emulator against the backbone here, once
+        from fedpeft.client.offsite import offsite_app_factory
+
+        return offsite_app_factory(cfg)
     return functools.partial(_make_lora_app, cfg)
 
 

@@ -97,6 +97,12 @@ class AdaptedModel:
 def build_adapted_model(cfg: JobConfig, task: Task, label_names: list[str] | None) -> AdaptedModel:
     """Load the backbone (once per process) and wrap it with the job's LoRA adapter."""
     os.environ.setdefault("HF_HUB_OFFLINE", "0")
+    if cfg.adapter.kind == "offsite":
+        # Offsite-Tuning: a client holds the emulator (never the full backbone) and trains
+        # the sandwich adapter, named as in the full model (fedpeft.adapters.offsite)
+        from fedpeft.adapters.offsite import build_emulator_model
+
+        return build_emulator_model(cfg, task, label_names)
     path = resolve_model_path(cfg.model.name, cfg.model.cache_dir)
     tokenizer = load_tokenizer(path)
     # The classification head and lora_A are freshly initialised: seed both so every
