@@ -301,6 +301,16 @@ def block_of(name: str) -> int | None:
     return None
 
 
+def full_name(name: str, layout: OffsiteLayout) -> str:
+    """An emulator checkpoint key (contiguous blocks) as the full checkpoint's key."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part in ("layer", "layers", "h") and parts[i + 1].isdigit():
+            parts[i + 1] = str(layout.emulator_blocks[int(parts[i + 1])])
+            break
+    return ".".join(parts)
+
+
 def assert_ip_guard(
     full: dict[str, torch.Tensor],
     emulator: dict[str, torch.Tensor],
@@ -308,21 +318,24 @@ def assert_ip_guard(
     full_file: Path,
     emulator_file: Path,
 ) -> None:
-    """No emulator tensor equals a dropped block's tensor; the emulator's tensor bytes are
-    exactly the full checkpoint's minus the dropped blocks'; the file is those plus its
-    header."""
+    """The IP guard: no emulator tensor equals any dropped block's tensor; every emulator
+    tensor *is* (undistilled) the full checkpoint's tensor of an embedding, adapter or kept
+    block; the full checkpoint's other tensors are the dropped blocks' (and saved buffers
+    like ``position_ids``); the emulator file is those kept tensors' bytes plus a header."""
     dropped = {k: v for k, v in full.items() if block_of(k) in layout.dropped}
     assert dropped, "the dropped blocks must exist in the full checkpoint"
     for name, tensor in emulator.items():
         for secret_name, secret in dropped.items():
             if tensor.shape == secret.shape:
                 assert not torch.equal(tensor, secret), f"{name} equals dropped {secret_name}"
-    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
-    kept_bytes = nbytes(v for k, v in full.items() if block_of(k) not in layout.dropped)
-    assert nbytes(emulator.values()) == kept_bytes
-    assert len(emulator) == len(full) - len(dropped)
+    mapped = {full_name(k, layout): v for k, v in emulator.items()}
+    assert not set(mapped) & set(dropped)
+    for name, tensor in mapped.items():
+        assert torch.equal(tensor, full[name]), f"emulator {name} is not the backbone's"
+    unexplained = set(full) - set(mapped) - set(dropped)
+    assert all(n.endswith("position_ids") for n in unexplained), unexplained
     header, payload = _safetensors_payload(emulator_file)
-    assert payload == kept_bytes and header > 8
+    assert payload == sum(t.numel() * t.element_size() for t in mapped.values()) and header > 8
     assert emulator_file.stat().st_size < full_file.stat().st_size
 
 

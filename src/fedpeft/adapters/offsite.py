@@ -457,8 +457,8 @@ def build_emulator(
     if keep_middle is not None and keep_ratio is not None:
         raise ConfigError("--keep-middle", "give --keep-middle or --keep-ratio, not both")
     path = resolve_model_path(model, cache_dir)
-    teacher = _load_full(path)
-    _, blocks = block_list(teacher)
+    student = _load_full(path)
+    _, blocks = block_list(student)
     num_layers = len(blocks)
     check_adapter_blocks(num_layers, adapter_blocks)
     if keep_middle is None:
@@ -467,12 +467,12 @@ def build_emulator(
     digest = backbone_sha256(path)
     tokenizer = load_tokenizer(path)
 
-    student = _load_full(path)  # a second copy: the teacher stays intact for distillation
     drop_blocks(student, layout)
     distillation = None
     if distill is not None and distill.steps > 0:
+        teacher = _load_full(path)  # a second, intact copy: the true middle
         distillation = distill_emulator(teacher, student, layout, tokenizer, distill)
-    del teacher
+        del teacher
 
     out = Path(out).expanduser()
     info = EmulatorInfo(
