@@ -91,6 +91,12 @@ def test_poisson_q01_reference(rounds: int, expected: float) -> None:
     assert round(epsilon([poisson(1.0)] * rounds, DELTA), 2) == expected
 
 
+def test_docs_table_values() -> None:
+    # docs/privacy.md quotes these beside the reference values
+    assert round(epsilon([fixed(1.0)], DELTA), 2) == 7.70
+    assert round(epsilon([poisson(1.0)], DELTA, "pld"), 2) == 1.68
+
+
 @pytest.mark.parametrize(
     ("rounds", "accountant"),
     [

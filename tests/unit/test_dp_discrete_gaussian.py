@@ -12,6 +12,7 @@ from scipy import stats
 from fedpeft.privacy.discrete_gaussian import (
     discrete_gaussian_pmf,
     discrete_gaussian_variance,
+    integer_l2_bound,
     sample_discrete_gaussian,
 )
 
@@ -110,6 +111,23 @@ def test_shapes_dtype_and_determinism() -> None:
     assert np.array_equal(a, b)
     assert sample_discrete_gaussian(3.0, 0, np.random.default_rng(1)).shape == (0,)
     assert sample_discrete_gaussian(3.0, 7, np.random.default_rng(1)).shape == (7,)
+
+
+def test_integer_l2_bound_holds_for_adversarial_rounding() -> None:
+    rng = np.random.default_rng(5)
+    d, clip, scale = 1000, 2.0, 30.0
+    bound = integer_l2_bound(clip, scale, d)
+    for _ in range(20):
+        x = rng.normal(size=d)
+        x *= clip / np.linalg.norm(x)
+        scaled = scale * x
+        # round every coordinate away from zero: the worst case for the norm
+        worst = np.sign(scaled) * np.ceil(np.abs(scaled))
+        stochastic = np.floor(scaled + rng.random(d))
+        assert np.linalg.norm(worst) <= bound
+        assert np.linalg.norm(stochastic) <= bound
+    with pytest.raises(ValueError, match="clip"):
+        integer_l2_bound(0.0, scale, d)
 
 
 @pytest.mark.parametrize("sigma", [0.0, -1.0, math.nan, math.inf])

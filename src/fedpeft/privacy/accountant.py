@@ -48,6 +48,7 @@ out of the ``absl`` logger while this module calls the accountant, and nowhere e
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections import Counter
@@ -347,11 +348,10 @@ def epsilon(rounds: Sequence[RoundPrivacy], delta: float, accountant: str = "rdp
 
 
 def _describe(sampling: str, population: int, sample_size: int, delta: float) -> str:
-    how = (
-        f"{sample_size} of {population}"
-        if sampling == "fixed"
-        else (f"Poisson q = {sample_size}/{population}")
-    )
+    if sampling == "fixed":
+        how = f"{sample_size} of {population}"
+    else:
+        how = f"Poisson q = {sample_size}/{population}"
     return f"sampling {sampling} ({how}), delta = {delta:g}"
 
 
@@ -378,6 +378,7 @@ def calibrate(
     probe = make_round(max_noise)
     _check_supported([probe], accountant)
 
+    @functools.cache
     def eps_at(z: float) -> float:
         return epsilon([make_round(z)] * rounds, delta, accountant)
 
@@ -394,16 +395,19 @@ def calibrate(
     if accountant == "pld":
         # A PLD at small z is slow to build (seconds to minutes): start from the RDP answer,
         # an upper bound for the tighter PLD one, and halve down to a bracket.
-        hi = calibrate(
-            make_round,
-            target_epsilon,
-            delta,
-            rounds,
-            accountant="rdp",
-            min_noise=min_noise,
-            max_noise=max_noise,
-            what=what,
-        )
+        try:
+            hi = calibrate(
+                make_round,
+                target_epsilon,
+                delta,
+                rounds,
+                accountant="rdp",
+                min_noise=min_noise,
+                max_noise=max_noise,
+                what=what,
+            )
+        except ConfigError:  # out of RDP's reach but within the tighter PLD's
+            hi = max_noise
         lo = max(min_noise, hi / 2)
         while lo > min_noise and eps_at(lo) <= target_epsilon:
             hi, lo = lo, max(min_noise, lo / 2)

@@ -89,6 +89,19 @@ def sample_discrete_gaussian(
     return out.reshape(shape)
 
 
+def integer_l2_bound(clip: float, scale: float, dimension: int) -> float:
+    """A bound on ‖round(scale · x)‖₂ for any x with ‖x‖₂ ≤ ``clip``, whatever the rounding
+    (nearest or stochastic: each coordinate moves by less than 1, so at most √d in L2):
+    ``scale · clip + √dimension``. This is the ``l2_bound`` a distributed round's
+    accounting needs; Kairouz–Liu–Steinke's conditional rounding (re-round until the norm
+    is below a tighter bound) can enforce a smaller one, which the client must then check."""
+    if not (clip > 0 and scale > 0 and dimension >= 1):
+        raise ValueError(
+            f"need clip, scale > 0 and dimension >= 1, got {clip}, {scale}, {dimension}"
+        )
+    return scale * clip + math.sqrt(dimension)
+
+
 def discrete_gaussian_pmf(x: np.ndarray | int | float, sigma: float) -> np.ndarray:
     """P(X = x) for X ~ N_Z(0, sigma²), normalised (the sum runs to ±40σ, beyond which
     terms are below e^-800)."""
