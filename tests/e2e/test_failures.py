@@ -125,3 +125,29 @@ def test_cli_exits_nonzero_with_the_clients_error(tmp_path: Path, tiny_text_file
     assert last.startswith("error: all 1 round(s) failed: every client raised")
     assert "non-finite" in last
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_bug_is_one_line_and_exit_1_unless_debug(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], debug: bool
+) -> None:
+    """A programming error escaping the run (the client path no longer turns TypeError
+    into "client rejected") is one line with exit code 1; --debug raises it whole."""
+    import fedpeft.simulation
+    from fedpeft.cli import main as cli_main
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'\nmore")
+
+    monkeypatch.setattr(fedpeft.simulation, "run_simulation", broken)
+    argv = [*(["--debug"] if debug else []), "simulate", "--output", "/tmp/unused"]
+    if debug:
+        with pytest.raises(TypeError):
+            cli_main.main(argv)
+        return
+    with pytest.raises(SystemExit) as info:
+        cli_main.main(argv)
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: TypeError: unsupported operand type(s) for +")
+    assert "--debug" in err[-1] and "more" not in err[-1]

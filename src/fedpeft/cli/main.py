@@ -1,7 +1,7 @@
 """The ``fedpeft`` console script.
 
-Every fedpeft error becomes one line on stderr and exit code 2; ``--debug`` shows the
-traceback instead.
+Every fedpeft error becomes one line on stderr and exit code 2; any other exception (a
+bug) one line and exit code 1; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -64,6 +64,16 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Exception as exc:  # a bug, not a user error: still one line unless --debug
+        if _DEBUG["on"]:
+            raise
+        lines = str(exc).strip().splitlines()
+        print(
+            f"error: {type(exc).__name__}: {lines[0] if lines else ''} "
+            "(unexpected: `fedpeft --debug ...` shows the traceback)",
+            file=sys.stderr,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":
