@@ -85,3 +85,67 @@ def run_records(
 
     run_simulation(cfg, resume=resume, app_factory=app_factory, export=False)
     return RunDir(cfg.output).read_metrics()
+
+
+class NumpyClientApp:
+    """A client app without a model: each client's "training" adds a fixed, seeded update
+    (client-specific) to the weights it holds, so tests of the round engine, secure
+    aggregation and DP know every update exactly. It sends through the real
+    :class:`~fedpeft.client.secure.UpdateSender` (codec, DP clip, masking)."""
+
+    SHAPES: dict[str, tuple[int, ...]] = {"lora_A": (4, 6), "lora_B": (6, 4), "head": (3,)}
+
+    def __init__(self, cfg: JobConfig, name: str = "numpy", scale: float = 0.01) -> None:
+        from fedpeft.client.codecs import uplink_codec
+        from fedpeft.client.mods import reject_nonfinite
+        from fedpeft.client.secure import UpdateSender
+
+        self.cfg = cfg
+        self.name = name
+        self.scale = scale
+        self.sender = UpdateSender(uplink_codec(cfg.codec), [reject_nonfinite], cfg.codec)
+        self.sent: dict[tuple[int, int], Any] = {}  # (round, client) -> the update it trained
+
+    def initial_state(self) -> dict[str, Any]:
+        import numpy as np
+
+        return {k: np.zeros(s, np.float32) for k, s in self.SHAPES.items()}
+
+    def update_of(self, client_id: int) -> dict[str, Any]:
+        import numpy as np
+
+        rng = np.random.default_rng([7, client_id])
+        return {
+            k: (self.scale * rng.standard_normal(s)).astype(np.float32)
+            for k, s in self.SHAPES.items()
+        }
+
+    def num_examples(self, client_id: int) -> int:
+        return 10 + client_id
+
+    def train(self, task: Any) -> Any:
+        from fedpeft.client.codecs import apply_downlink, downlink_codec
+        from fedpeft.client.mods import ModContext
+        from fedpeft.coordinator.messages import ClientState, TrainResult
+
+        if task.kind.startswith("secagg_"):
+            return self.sender.stage(task, self.name)
+        apply_downlink(downlink_codec(self.cfg.codec), task)
+        delta = self.update_of(task.client_id)
+        self.sent[(task.round, task.client_id)] = delta
+        state = ClientState(version=task.version, residual=task.state.residual)
+        n = self.num_examples(task.client_id)
+        ctx = ModContext(task.client_id, task.round, n, state)
+        payload = self.sender.encode(task, delta, ctx)
+        return TrainResult(
+            task.round,
+            task.client_id,
+            num_examples=0 if task.secagg else n,
+            payload=payload,
+            metrics={"train_loss": 1.0, **ctx.info},
+            state=state,
+            worker=self.name,
+        )
+
+    def evaluate(self, params: dict[str, Any]) -> dict[str, float]:
+        return {}

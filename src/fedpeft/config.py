@@ -465,8 +465,8 @@ class SecAggSettings:
     bits: int = field(
         default=0,
         metadata=_help(
-            "bits per masked coordinate (arithmetic mod 2^bits); 0 = auto: 16 with a "
-            "compressing codec, 24 dense"
+            "bits per masked coordinate (arithmetic mod 2^bits); 0 = auto: "
+            "log2(clients per round) + 10 with a compressing codec, + 16 dense"
         ),
     )
     clip_range: float = field(
@@ -532,6 +532,21 @@ class DpSettings:
         ),
     )
     accountant: str = field(default="rdp", metadata=_help("rdp or pld (dp-accounting)"))
+    adaptive_clip: bool = field(
+        default=False,
+        metadata=_help(
+            "adaptive clipping (Andrew et al. 2021): the clip norm tracks a quantile of the "
+            "update norms from a noised, accounted count (central DP only)"
+        ),
+    )
+    target_quantile: float = field(
+        default=0.5, metadata=_help("adaptive clipping: share of updates left unclipped")
+    )
+    clip_lr: float = field(default=0.2, metadata=_help("adaptive clipping: geometric step"))
+    count_noise_std: float = field(
+        default=0.0,
+        metadata=_help("adaptive clipping: std of the clipped-count noise (0 = clients/round/20)"),
+    )
 
     @property
     def enabled(self) -> bool:
@@ -553,43 +568,16 @@ class DpSettings:
         _positive("dp", "clip", self.clip)
         _one_of("dp", "mode", self.mode, DP_MODES)
         _one_of("dp", "accountant", self.accountant, DP_ACCOUNTANTS)
-
-
-#: ``adapter.kind``: LoRA on the full backbone, or Offsite-Tuning's sandwich adapter on an
-#: emulator (fedpeft.adapters.offsite)
-ADAPTER_KINDS = ("lora", "offsite")
-#: ``adapter.train`` (offsite): LoRA inside the adapter blocks, or the whole blocks
-OFFSITE_TRAIN_MODES = ("lora", "full")
-
-
-@dataclass
-class AdapterConfig:
-    """Which adapter clients train (``lora``, or ``offsite``: Offsite-Tuning)."""
-
-    kind: str = field(
-        default="lora",
-        metadata=_help("lora (LoRA on the full backbone) or offsite (sandwich adapter, emulator)"),
-    )
-    emulator: str | None = field(
-        default=None,
-        metadata=_help("offsite: emulator folder written by `fedpeft offsite build-emulator`"),
-    )
-    train: str = field(
-        default="lora",
-        metadata=_help(
-            "offsite: train the adapter blocks with LoRA inside (lora.* settings) or whole (full)"
-        ),
-    )
-
-    def __post_init__(self) -> None:
-        _one_of("adapter", "kind", self.kind, ADAPTER_KINDS)
-        _one_of("adapter", "train", self.train, OFFSITE_TRAIN_MODES)
-        if self.kind == "offsite" and not self.emulator:
+        if not isinstance(self.adaptive_clip, bool):
             raise ConfigError(
-                "adapter.emulator",
-                "--adapter offsite needs an emulator folder: build one with `fedpeft offsite "
-                "build-emulator --model NAME --out DIR` and pass --emulator DIR",
+                "dp.adaptive_clip", f"must be true or false, got {self.adaptive_clip!r}"
             )
+        if not (isinstance(self.target_quantile, (int, float)) and 0 < self.target_quantile < 1):
+            raise ConfigError(
+                "dp.target_quantile", f"must be in (0, 1), got {self.target_quantile!r}"
+            )
+        _positive("dp", "clip_lr", self.clip_lr)
+        _non_negative("dp", "count_noise_std", self.count_noise_std)
 
 
 #: ``adapter.kind``: LoRA on the full backbone, or Offsite-Tuning's sandwich adapter on an
@@ -639,7 +627,6 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     codec: CodecSettings = field(default_factory=CodecSettings)
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
     dp: DpSettings = field(default_factory=DpSettings)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -688,6 +675,12 @@ def _check_privacy(cfg: JobConfig) -> None:
             raise ConfigError(
                 "federation.sampling", "secure aggregation plans its threshold for fixed cohorts"
             )
+    if dp.adaptive_clip and cfg.secagg.enabled:
+        raise ConfigError(
+            "dp.adaptive_clip",
+            "adaptive clipping needs each client's clipped bit in the clear or a masked count "
+            "with client noise; only central DP (no secagg) supports it so far",
+        )
     if dp.mode == "distributed" and not cfg.secagg.enabled:
         raise ConfigError(
             "dp.mode", "distributed noise needs secure aggregation (secagg.enabled = true)"

@@ -3,6 +3,14 @@
 clipped sum, the budget, and the ledger that is durable before a round's adapter is
 released.
 
+The noise multiplier a user sets or reads (``dp.noise_multiplier``, ``dp_noise_multiplier``
+in metrics.jsonl) is dp-accounting's: the noise std over the L2 *sensitivity* of the sum
+under the run's neighbouring relation — C for Poisson sampling (add or remove one client),
+2C for fixed-size sampling (replace one client: its update can flip from u to −u). The
+noise actually added is therefore z·C (Poisson) or z·2C (fixed). Internally
+(``DpController.noise_multiplier``, :class:`fedpeft.privacy.accountant.RoundPrivacy`) z
+is std / C.
+
 Weighting: under DP every client weighs 1. DP-FedAvg's sensitivity argument needs each
 client's contribution to the sum bounded by the clip norm C; example-count weights would
 let a client with many examples move the mean by more than C/k, so they are not used
@@ -74,6 +82,7 @@ class DpController:
     dim: int = 0  # coordinates per update (distributed DP's integer-domain sensitivity)
     levels: int = 0
     calibrate_for_rounds: int | None = None  # distributed + target ε: σ for these rounds
+    adaptive: Any = None  # fedpeft.privacy.clipping.AdaptiveClip, central DP only
     _ledger: Any = field(default=None, repr=False)
     _plan: DistributedPlan | None = field(default=None, repr=False)
     _plan_key: tuple[int, int, int] | None = field(default=None, repr=False)
@@ -91,6 +100,10 @@ class DpController:
             self._released = len(entries)
             if entries:
                 self._epsilon = self._compute_epsilon(self._ledger.rounds())
+                clip = entries[-1]["extra"].get("clip_after")
+                if self.adaptive is not None and clip is not None:  # resume the clip too
+                    self.adaptive.clip = float(clip)
+                    self.clip = float(clip)
         return self._ledger
 
     def _compute_epsilon(self, rounds: list[Any]) -> float:
@@ -108,6 +121,18 @@ class DpController:
         """Rounds recorded in the ledger (a round re-run after a crash counts again)."""
         _ = self.ledger
         return self._released
+
+    @property
+    def sensitivity_factor(self) -> float:
+        """The sum's L2 sensitivity over C: 2 under replace-one (fixed-size cohorts)."""
+        from fedpeft.privacy.accountant import SENSITIVITY_FACTOR
+
+        return float(SENSITIVITY_FACTOR[self.sampling])
+
+    @property
+    def reported_multiplier(self) -> float:
+        """dp-accounting's noise multiplier: noise std / the sum's L2 sensitivity."""
+        return self.noise_multiplier / self.sensitivity_factor
 
     def min_survivors(self, cohort: int) -> int:
         """Fewest clients whose noise can reach a completed secure sum."""
@@ -187,7 +212,7 @@ class DpController:
         if self.max_rounds is not None and self.releases >= self.max_rounds:
             return (
                 f"privacy budget epsilon={self.target_epsilon:g} (delta={self.delta:g}) is spent: "
-                f"{self.releases} rounds at noise multiplier {self.noise_multiplier:g} reached "
+                f"{self.releases} rounds at noise multiplier {self.reported_multiplier:g} reached "
                 f"epsilon={self.epsilon_spent:.3f}; another round would exceed it — stopping "
                 f"before round {round_num}"
             )
@@ -203,16 +228,21 @@ class DpController:
         event = self.event(cohort)
         rounds = [*self.ledger.rounds(), event]
         eps = self._compute_epsilon(rounds)
-        self.ledger.record(
-            self._released + 1, event, delta=self.delta, epsilon=eps, extra={"round": round_num}
-        )
+        extra: dict[str, Any] = {"round": round_num}
+        if self.adaptive is not None:
+            extra["clip_after"] = self.adaptive.clip
+        self.ledger.record(self._released + 1, event, delta=self.delta, epsilon=eps, extra=extra)
         self._released += 1
         self._epsilon = eps
+        used_clip = self.clip
+        if self.adaptive is not None:
+            self.clip = self.adaptive.clip  # the next round's
         return {
             "epsilon": eps,
             "dp_delta": self.delta,
-            "dp_noise_multiplier": self.noise_multiplier,
-            "dp_clip": self.clip,
+            "dp_noise_multiplier": self.reported_multiplier,
+            "dp_noise_std": self.update_noise_multiplier * used_clip,
+            "dp_clip": used_clip,
         }
 
     # ---- central noise ------------------------------------------------------------------
@@ -229,10 +259,31 @@ class DpController:
             acc = np.zeros(deltas[0][name].shape, np.float64)
             for c, _ in clipped:
                 acc += c[name]
-            acc += rng.normal(0.0, self.noise_multiplier * self.clip, size=acc.shape)
+            acc += rng.normal(0.0, self.update_noise_multiplier * self.clip, size=acc.shape)
             mean[name] = (acc / k).astype(np.float32)
-        info = {"dp_clipped_fraction": float(np.mean([was for _, was in clipped]))}
+        was_clipped = sum(was for _, was in clipped)
+        info: dict[str, Any] = {"dp_clipped_fraction": was_clipped / len(clipped)}
+        if self.adaptive is not None:  # the noised count moves next round's clip
+            self.adaptive.update(float(was_clipped), len(clipped), rng, denominator=k)
+            info["dp_unclipped_fraction_noised"] = self.adaptive.last_unclipped_fraction
         return mean, info
+
+    @property
+    def update_noise_multiplier(self) -> float:
+        """Noise std / C on the update sum: all of z, or with adaptive clipping what the
+        noised clipped-count leaves of it (Andrew et al. 2021; both releases together cost
+        the accounted z)."""
+        if self.adaptive is None:
+            return self.noise_multiplier
+        from fedpeft.privacy.clipping import split_noise_multiplier
+
+        factor = self.sensitivity_factor
+        # the count's sensitivity is 1/2 (Poisson) or 1 (fixed, replace one): in
+        # dp-accounting's terms its noise multiplier is count_std / (factor / 2)
+        user = split_noise_multiplier(
+            self.reported_multiplier, self.adaptive.count_noise_std / factor
+        )
+        return user * factor
 
     def round_info(self, *, survivors: int) -> dict[str, Any]:
         return {"dp_survivors": survivors}
@@ -277,6 +328,7 @@ def make_dp_controller(cfg: Any, run_dir: Path, *, distributed: bool) -> DpContr
     }
     max_rounds = None
     calibrate_for = None
+    factor = 2.0 if fed.sampling == "fixed" else 1.0  # the sum's sensitivity / C
     if distributed:
         # the discrete Gaussian's parameters depend on the adapter's size, known at the
         # first round (DpController.plan_distributed); a fixed z with a budget is checked
@@ -285,20 +337,33 @@ def make_dp_controller(cfg: Any, run_dir: Path, *, distributed: bool) -> DpContr
         if dp.noise_multiplier is None:
             calibrate_for = fed.rounds
     elif dp.noise_multiplier is not None:
-        z = float(dp.noise_multiplier)
+        z = float(dp.noise_multiplier) * factor
         if dp.epsilon is not None:
             max_rounds = rounds_affordable(z, dp.epsilon, dp.target_delta, **common)
             if max_rounds < 1:
                 raise ConfigError(
                     "dp.epsilon",
-                    f"noise multiplier {z:g} spends more than epsilon={dp.epsilon:g} in one "
-                    "round; raise dp.noise_multiplier or the target",
+                    f"noise multiplier {dp.noise_multiplier:g} spends more than "
+                    f"epsilon={dp.epsilon:g} in one round; raise dp.noise_multiplier or the target",
                 )
     else:
         z = calibrate_noise_multiplier(
             dp.epsilon, dp.target_delta, fed.rounds, max_noise=100.0, **common
         )
+    adaptive = None
+    if dp.adaptive_clip:
+        from fedpeft.privacy.clipping import AdaptiveClip, split_noise_multiplier
+
+        adaptive = AdaptiveClip(
+            dp.clip,
+            dp.target_quantile,
+            dp.clip_lr,
+            dp.count_noise_std or None,
+            expected_clients=float(fed.clients_per_round),
+        )
+        split_noise_multiplier(z / factor, adaptive.count_noise_std / factor)  # refuse early
     return DpController(
+        adaptive=adaptive,
         noise_multiplier=z,
         clip=dp.clip,
         delta=dp.target_delta,

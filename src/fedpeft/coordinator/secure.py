@@ -17,6 +17,7 @@ for which the cohort's sum, with DP noise headroom, cannot wrap mod 2^bits.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,10 +43,11 @@ NOISE_HEADROOM_SIGMAS = 8.0
 STAGES = ("advertise", "share", "train", "unmask")
 
 
-def auto_bits(compressed: bool) -> int:
-    """Default field size: 16 bits per sent coordinate with a compressing codec (≥ 20x
-    fewer upload bytes than fp32 at density 0.1), 24 dense."""
-    return 16 if compressed else 24
+def auto_bits(compressed: bool, cohort: int) -> int:
+    """Default field size: about 2^10 quantisation levels per client with a compressing
+    codec (14 bits per sent coordinate for a cohort of 10: with density 0.1 and the
+    protocol's keys and shares, > 20x fewer upload bytes than dense fp32), 2^16 dense."""
+    return max(8, math.ceil(math.log2(max(2, cohort))) + (16 if not compressed else 10))
 
 
 def plan_levels(bits: int, cohort: int, noise_multiplier: float = 0.0) -> int:
@@ -71,8 +73,8 @@ class SecureOutcome:
 
     total: SecureSum | None
     results: list[TrainResult]  # training results (payload = masked input), for metrics
-    survivors: tuple[int, ...] = ()
-    dropped: tuple[int, ...] = ()
+    survivors: tuple[int, ...] = ()  # clients whose masked input is in the sum
+    dropped: tuple[int, ...] = ()  # clients that stopped answering at some stage
     rejected: dict[int, str] = field(default_factory=dict)
     bytes_up: int = 0
     bytes_down: int = 0
@@ -156,8 +158,11 @@ class SecureRound:
         server = SecAggServer(params)
         out = SecureOutcome(total=None, results=[])
 
+        answered: set[int] = set(cohort)  # who answered every stage so far
+
         def stage(name: str, tasks: list[TrainTask], notify: bool = False) -> list[TrainResult]:
             start = time.perf_counter()
+            accepted: set[int] = set()
             out.bytes_down += sum(len(t.secagg) + len(t.downlink) for t in tasks)
             results = backend.run(tasks, on_result if notify else None)
             out.bytes_up += sum(len(r.payload) for r in results)
@@ -167,9 +172,11 @@ class SecureRound:
                     continue
                 try:
                     server.receive(result.client_id, result.payload)
+                    accepted.add(result.client_id)
                 except SecAggRejected as exc:
                     log.warning("round %d, %s stage: %s", round_num, name, exc)
                     out.rejected.setdefault(result.client_id, str(exc))
+            answered.intersection_update(accepted)
             server.close_stage()
             out.seconds[f"secagg_{name}_seconds"] = time.perf_counter() - start
             return results
@@ -198,7 +205,7 @@ class SecureRound:
                 for c in server.expected()
             ]
             out.results = stage("train", trained, notify=True)
-            out.survivors, out.dropped = tuple(server.survivors), tuple(server.dropped)
+            out.survivors = tuple(server.survivors)
             unmask = [stage_task(c, "secagg_unmask") for c in server.expected()]
             stage("unmask", unmask)
             start = time.perf_counter()
@@ -207,9 +214,10 @@ class SecureRound:
             out.seconds["secagg_server_decode_seconds"] = time.perf_counter() - start
         except (SecAggAborted, ProtocolError) as exc:
             out.failed = f"secure aggregation aborted: {exc}; global adapter unchanged"
-            out.survivors = tuple(getattr(server, "survivors", ()) or ())
-            out.dropped = tuple(getattr(server, "dropped", ()) or ())
             log.warning("round %d: %s", round_num, out.failed)
+        # dropped: every client that stopped answering at some stage (before or after its
+        # masked input reached the sum) or whose message was refused
+        out.dropped = tuple(sorted(set(cohort) - answered))
         return out
 
 
