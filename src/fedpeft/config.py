@@ -162,7 +162,8 @@ class DataConfig:
         default="text",
         metadata=_help(
             "text column of jsonl/csv/tsv: a name, a 0-based index (csv/tsv), or a list of "
-            "them whose texts are joined with a space (e.g. title + description)"
+            "them whose texts are joined with a space, e.g. title + description (flag: "
+            "comma-separated, --text-column 1,2)"
         ),
     )
     label_column: str | int = field(
