@@ -63,6 +63,25 @@ def test_central_dp_reports_epsilon_every_round(tmp_path: Path) -> None:
     assert len(PrivacyLedger(tmp_path / "run" / "privacy.db").entries()) == 3
 
 
+def test_distributed_dp_through_secure_aggregation(tmp_path: Path) -> None:
+    """With --secagg the clients add discrete Gaussian noise; the ledger holds the
+    Kairouz–Liu–Steinke events and epsilon stays within the target."""
+    cfg = dp_job(
+        tmp_path,
+        **{"federation.rounds": 2, "dp.epsilon": 8.0, "dp.delta": 1e-5, "secagg.enabled": True},
+    )
+    summary, records = run(cfg)
+    assert [r["round"] for r in records] == [1, 2]
+    assert all(0 < r["epsilon"] <= 8.0 for r in records)
+    assert records[1]["epsilon"] > records[0]["epsilon"]
+    assert all(r["secagg_survivors"] == 20 for r in records)
+    ledger = PrivacyLedger(tmp_path / "run" / "privacy.db")
+    events = ledger.rounds()
+    ledger.close()
+    assert {e.mechanism for e in events} == {"discrete_gaussian"}
+    assert summary["epsilon"] == pytest.approx(epsilon(events, 1e-5))
+
+
 def test_fixed_noise_stops_when_the_budget_is_spent(tmp_path: Path) -> None:
     # issue 16's reference: 20 of 200, z = 1 (std / sensitivity), delta 1e-5 -> 2.28 / 2.77 /
     # 3.02: stop after 2

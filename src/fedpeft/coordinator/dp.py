@@ -150,6 +150,7 @@ class DpController:
         each other, so the plan is iterated to a fixed point (three passes suffice)."""
         from fedpeft.coordinator.secure import plan_levels
         from fedpeft.privacy.accountant import calibrate_local_sigma
+        from fedpeft.privacy.discrete_gaussian import integer_l2_bound
 
         key = (bits, cohort, dim)
         if self._plan is not None and self._plan_key == key:
@@ -160,7 +161,7 @@ class DpController:
         for _ in range(3):
             headroom_z = z * math.sqrt(cohort / n_min) * 1.05
             levels = plan_levels(bits, cohort, headroom_z)
-            l2 = levels + math.sqrt(dim)
+            l2 = integer_l2_bound(self.clip, levels / self.clip, dim)
             if self.calibrate_for_rounds is not None and self.target_epsilon is not None:
                 sigma = calibrate_local_sigma(
                     self.target_epsilon,
