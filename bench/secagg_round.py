@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchinfo import RunStamp  # noqa: E402
+from benchinfo import RunStamp
 
-from fedpeft.config import JobConfig  # noqa: E402
-from fedpeft.rundir import RunDir  # noqa: E402
-from fedpeft.simulation import run_simulation  # noqa: E402
+from fedpeft.config import JobConfig
+from fedpeft.rundir import RunDir
+from fedpeft.simulation import run_simulation
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "plain": {},
