@@ -305,3 +305,18 @@ def test_quantize_rejects_bad_settings() -> None:
         quantize(np.zeros(3), clip=1.0, levels=0, rng=rng)
     with pytest.raises(ValueError, match="NaN"):
         quantize(np.array([np.nan]), clip=1.0, levels=3, rng=rng)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 30), st.integers(0, 30), st.binary(min_size=16, max_size=16), st.randoms())
+def test_cached_shamir_combine_matches_pycryptodome(t: int, extra: int, secret, random) -> None:
+    from Crypto.Protocol.SecretSharing import Shamir
+
+    from fedpeft.privacy.secagg.crypto import combine_shares, split_secret
+
+    k = t + extra
+    shares = list(enumerate(split_secret(secret, t, k), start=1))
+    chosen = sorted(random.sample(shares, t))
+    assert combine_shares(chosen) == secret == Shamir.combine(chosen, False)
+    if t > 1:  # t - 1 shares interpolate to something else (with overwhelming probability)
+        assert combine_shares(chosen[:-1]) != secret

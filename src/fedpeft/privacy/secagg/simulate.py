@@ -47,15 +47,17 @@ def simulate_round(
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; use {STAGES}")
     gone: set[int] = set()
-    server = SecAggServer(params)
-    clients = {c: SecAggClient(c, params) for c in params.clients}
-    run = RoundRun(server, clients)
     clock = time.process_time
+    start = clock()
+    server = SecAggServer(params)
+    setup = clock() - start
+    clients: dict[int, SecAggClient] = {}
+    run = RoundRun(server, clients)
 
     for stage in STAGES:
         gone |= set(drop.get(stage, ()))
         run.client_seconds[stage] = []
-        spent = 0.0
+        spent = setup if stage == "advertise" else 0.0
         for cid in server.expected():
             start = clock()
             msg = server.message_for(cid) if stage != "advertise" else b""
@@ -63,6 +65,8 @@ def simulate_round(
             if cid in gone:
                 continue
             start = clock()
+            if stage == "advertise":  # the client's keys are made here
+                clients[cid] = SecAggClient(cid, params)
             client = clients[cid]
             if stage == "advertise":
                 out = client.advertise_keys()
