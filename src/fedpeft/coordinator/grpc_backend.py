@@ -23,14 +23,17 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedpeft.client.app import ClientApp
 from fedpeft.client.codecs import apply_downlink
 from fedpeft.compression import FULL_WEIGHTS_CODEC, Codec
 from fedpeft.coordinator.handlers import Fleet, PendingTask, result_of
 from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
+
+if TYPE_CHECKING:  # the app brings torch; the backend itself does not need it
+    from fedpeft.client.app import ClientApp
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,8 @@ class GrpcBackend:
                 results[cid] = self._drop(
                     pending, f"no result by the round deadline ({self.round_timeout:.0f}s)"
                 )
+        for pending in posted.values():  # answered or not, nothing more is taken
+            fleet.withdraw(pending.wire.task_id)
         fleet.collect_artifacts()
         ordered = [results[t.client_id] for t in tasks]
         if on_result is not None:
