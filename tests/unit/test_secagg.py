@@ -3,8 +3,12 @@ bad messages rejected with the client's id and no state change, the client's ref
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import itertools
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -457,3 +461,52 @@ def test_params_round_trip_and_validation() -> None:
     for name, change in bad.items():
         with pytest.raises(ConfigError, match=name):
             SecAggParams(**{**fields, **change})  # type: ignore[arg-type]
+
+
+# -- docs/secagg.md reads its figures from the bench results -------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("secagg_scale", ROOT / "bench/secagg_scale.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["secagg_scale.json", "secagg_scale_sparse.json"])
+def test_docs_tables_are_the_bench_results(name: str) -> None:
+    report = json.loads((ROOT / "bench/results" / name).read_text())
+    page = (ROOT / "docs/secagg.md").read_text()
+    assert _bench_module().markdown_table(report) in page
+    assert all(case["sum_exact"] for case in report["cases"])
+
+
+def test_docs_byte_figures_are_the_bench_results() -> None:
+    report = json.loads((ROOT / "bench/results/secagg_scale.json").read_text())
+    case = next(
+        c
+        for c in report["cases"]
+        if c["dropout_when"] == "after_masking" and c["dropout_rate"] == 0.3
+    )
+    stage_bytes = case["server_bytes_per_stage_in_out"]
+    n, responders = case["clients"], case["clients"] - case["dropped"]
+    vector = stage_bytes["mask"][0] // n
+    others = (
+        stage_bytes["advertise"][0] // n
+        + stage_bytes["share"][0] // n
+        + stage_bytes["unmask"][0] // responders
+    )
+    page = (ROOT / "docs/secagg.md").read_text()
+    assert f"the masked vector is {vector:,} bytes" in page
+    assert f"against {case['dense_fp32_bytes']:,} for the same coordinates" in page
+    assert f"add {others:,} bytes up" in page
+    # the planning statements of the page
+    plan = functools.partial(plan_secagg, length=1, bits=8, round_num=0, seed=0)
+    assert plan(range(190), dropout_fraction=0.3).degree == 189
+    assert plan(range(200), dropout_fraction=0.3).degree < 199
+    assert plan(range(100), dropout_fraction=0.1).degree < 99
+    with pytest.raises(ConfigError, match=r"secagg\.dropout_fraction"):
+        plan(range(10), dropout_fraction=0.5)

@@ -110,18 +110,28 @@ class SecAggParams:
     def num_clients(self) -> int:
         return len(self.clients)
 
+    @functools.cached_property
+    def _graph(self) -> dict[int, tuple[int, ...]]:
+        return harary_neighbours(self.clients, self.degree, self.graph_seed)
+
+    @functools.cached_property
+    def _positions(self) -> dict[int, dict[int, int]]:
+        return {c: {j: x for x, j in enumerate(nbrs, 1)} for c, nbrs in self._graph.items()}
+
     def neighbours(self, client_id: int) -> tuple[int, ...]:
         """The sorted neighbours of ``client_id`` in the round's graph."""
-        graph = harary_neighbours(self.clients, self.degree, self.graph_seed)
         try:
-            return graph[client_id]
+            return self._graph[client_id]
         except KeyError:
             raise SecAggError(f"client {client_id} is not in the round's cohort") from None
 
     def share_index(self, owner: int, holder: int) -> int:
         """Shamir x-coordinate (1..k) of the share of ``owner``'s secrets held by
         ``holder``: the holder's position in ``owner``'s sorted neighbour list, plus one."""
-        return self.neighbours(owner).index(holder) + 1
+        try:
+            return self._positions[owner][holder]
+        except KeyError:
+            raise SecAggError(f"client {holder} is not a neighbour of client {owner}") from None
 
     def to_bytes(self) -> bytes:
         """A framed message (stage ``PARAMS``, sender the server) with the fields as JSON."""

@@ -89,6 +89,8 @@ class SecAggServer:
         self._u3: frozenset[int] = frozenset()
         self._sum: np.ndarray | None = None
         self._result: np.ndarray | None = None
+        #: after the mask stage: clients whose masked input was accepted (their inputs
+        #: are the sum) and the rest of the cohort
         self.survivors: tuple[int, ...] = ()
         self.dropped: tuple[int, ...] = ()
         self.bytes_in = 0
