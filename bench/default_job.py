@@ -56,6 +56,12 @@ def job_config(overrides: dict[str, Any], threads: int | None, output: Path) -> 
     return cfg.replace({"output": str(output), "train.threads": threads})
 
 
+def job_settings(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The simulate defaults (less the output folder) with ``overrides`` on top."""
+    base = {k: v for k, v in SIMULATE_DEFAULTS.items() if k != "output"}
+    return {**base, **overrides}
+
+
 def run_federated(cfg: JobConfig) -> dict[str, Any]:
     examples, _ = federated_examples(cfg)
     load_start = os.getloadavg()
@@ -148,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
         result.update(
             {
                 "overrides": args.overrides,
+                # everything that differs from JobConfig's defaults: what `make run` runs
+                # when SIMULATE_DEFAULTS equals this (tests/unit/test_docs.py checks it)
+                "settings": job_settings(args.overrides),
                 "threads": args.threads,
                 "command": " ".join([sys.executable, *sys.argv]),
                 "source": header["source_before"],

@@ -55,6 +55,7 @@ def test_init_file_runs(tmp_path: Path, tiny_text_file: Path) -> None:
     out = tmp_path / "run"
     args = ["--rounds", "1", "--clients", "2", "--clients-per-round", "2"]
     args += ["--data", str(tiny_text_file), "--eval-data", str(tiny_text_file)]
+    args += ["--tensorboard", str(tmp_path / "tb")]
     proc = subprocess.run(
         [*FEDPEFT, "simulate", "--config", str(path), *args, "--output", str(out)],
         capture_output=True,
@@ -67,3 +68,4 @@ def test_init_file_runs(tmp_path: Path, tiny_text_file: Path) -> None:
     assert summary["eval_examples"] == 48 and summary["max_eval_examples"] == 500
     assert "evaluating on the first 500 held-out examples" in proc.stdout
     assert (out / "adapter" / "adapter_config.json").is_file()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))  # TensorBoard scalars
