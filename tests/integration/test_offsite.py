@@ -143,3 +143,22 @@ def test_ip_guard_on_the_minilm_emulator(tmp_path: Path) -> None:
         full_file,
         emulator_file,
     )
+
+
+@pytest.mark.slow
+def test_simulate_offsite_causal_lm_reports_both_perplexities(tmp_path: Path) -> None:
+    import json
+
+    backbone = make_tiny_backbone(tmp_path / "llama", "llama")
+    build_emulator(str(backbone), tmp_path / "emu", adapter_blocks=1, keep_ratio=0.5)
+    rows = [
+        {"instruction": f"Say the number {i}.", "input": "", "output": f"The number is {i}."}
+        for i in range(16)
+    ]
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(rows))
+    cfg = ot_job(data, backbone, tmp_path / "emu", tmp_path / "run", **{"federation.rounds": 1})
+    run_simulation(cfg, export=False)
+    (record,) = RunDir(cfg.output).read_metrics()
+    assert {"eval_loss", "eval_perplexity", "emulator_loss", "emulator_perplexity"} <= set(record)
+    assert record["eval_perplexity"] != record["emulator_perplexity"]
