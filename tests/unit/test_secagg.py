@@ -531,3 +531,20 @@ def test_a_million_coordinates_of_mask_expand_in_well_under_a_tenth_of_a_second(
     crypto.add_mask(a, bytes(32), +1)
     crypto.add_mask(b, bytes([1]) * 32, +1)
     assert not np.array_equal(a, b) and len(np.unique(a)) == 1000
+
+
+def test_docs_flower_figures_are_the_bench_results() -> None:
+    report = json.loads((ROOT / "bench/results/secagg_vs_flower.json").read_text())
+
+    def best(side: str, key: str = "round_seconds") -> float:
+        return min(r[key] for r in report["runs"] if r["side"] == side)
+
+    fed, secagg, plain = best("fedpeft"), best("flower-secagg"), best("flower-plain")
+    page = (ROOT / "docs/secagg.md").read_text()
+    assert f"({best('fedpeft', 'round_cpu_seconds'):.2f} s CPU) | {fed:.2f} |" in page
+    assert f"| Flower SecAgg+ round | {secagg:.1f} |" in page
+    assert f"no SecAgg+) | {plain:.1f} |" in page
+    assert f"adds\n{secagg - plain:.1f} s to it" in page
+    assert f"So the {secagg / fed:.0f}x between" in page
+    worst = max(r["abs_error_of_mean"] for r in report["runs"] if r["side"] == "flower-secagg")
+    assert f"off by {worst / 1e-3:.1%} of the" in page
