@@ -16,6 +16,7 @@ for which the cohort's sum, with DP noise headroom, cannot wrap mod 2^bits.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -182,15 +183,13 @@ class SecureRound:
             return results
 
         def stage_task(cid: int, kind: str) -> TrainTask:
-            base = by_client[cid]
-            return TrainTask(
-                round=round_num,
-                client_id=cid,
-                seed=base.seed,
+            """A cheap stage: the protocol message only (no weights, data or config)."""
+            return dataclasses.replace(
+                by_client[cid],
                 downlink=b"",
                 downlink_is_delta=False,
-                version=base.version,
-                state=base.state,
+                indices=None,
+                config={},
                 kind=kind,
                 secagg=server.message_for(cid) if kind != "secagg_advertise" else params_bytes,
             )
@@ -201,7 +200,11 @@ class SecureRound:
             stage("share", [stage_task(c, "secagg_share") for c in server.expected()])
             config = {"secagg_encoding": enc.to_dict()}
             trained = [
-                _with(by_client[c], secagg=server.message_for(c), extra=config)
+                dataclasses.replace(
+                    by_client[c],
+                    secagg=server.message_for(c),
+                    config={**by_client[c].config, **config},
+                )
                 for c in server.expected()
             ]
             out.results = stage("train", trained, notify=True)
@@ -219,22 +222,6 @@ class SecureRound:
         # masked input reached the sum) or whose message was refused
         out.dropped = tuple(sorted(set(cohort) - answered))
         return out
-
-
-def _with(task: TrainTask, *, secagg: bytes, extra: dict[str, Any]) -> TrainTask:
-    return TrainTask(
-        round=task.round,
-        client_id=task.client_id,
-        seed=task.seed,
-        downlink=task.downlink,
-        downlink_is_delta=task.downlink_is_delta,
-        version=task.version,
-        state=task.state,
-        indices=task.indices,
-        config={**task.config, **extra},
-        kind=task.kind,
-        secagg=secagg,
-    )
 
 
 def extras_length(with_sq_norm: bool) -> int:
