@@ -521,8 +521,8 @@ class DpSettings:
     noise_multiplier: float | None = field(
         default=None,
         metadata=_help(
-            "noise std / clip norm on the sum; with epsilon too the run stops when the budget "
-            "is spent, without epsilon it is only accounted"
+            "noise std / the sum's L2 sensitivity (clip for poisson, 2*clip for fixed "
+            "cohorts); with epsilon too the run stops when the budget is spent"
         ),
     )
     clip: float = field(default=0.1, metadata=_help("L2 clip norm C of each client's update"))
