@@ -81,7 +81,11 @@ def serve(
     metrics_port: int | None = typer.Option(
         None, "--metrics-port", help="serve Prometheus /metrics on this port"
     ),
-    round_timeout: float = typer.Option(1800.0, "--round-timeout", help="seconds per round"),
+    round_timeout: float = typer.Option(
+        14400.0,
+        "--round-timeout",
+        help="seconds a round waits for live clients (dead ones are dropped sooner)",
+    ),
     heartbeat_seconds: float = typer.Option(
         5.0, "--heartbeat-seconds", help="client heartbeat interval"
     ),

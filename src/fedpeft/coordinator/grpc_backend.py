@@ -76,7 +76,7 @@ class GrpcBackend:
         app: ClientApp,
         downlink: Codec,
         *,
-        round_timeout: float = 1800.0,
+        round_timeout: float = 14400.0,
     ) -> None:
         self.fleet = fleet
         self.app = app
@@ -103,11 +103,14 @@ class GrpcBackend:
         posted: dict[int, PendingTask] = {}
         for task in tasks:
             stored = fleet.store.get_result(task.round, task.kind, task.client_id)
-            if stored is not None:  # accepted before a restart: counted once, not re-asked
+            if stored is not None and _reusable(task):
+                # accepted before a restart: counted once, not asked again
                 log.info("round %d: reusing client %d's stored result", task.round, task.client_id)
                 results[task.client_id] = self._complete(task, result_of(stored))
-            else:
-                posted[task.client_id] = fleet.post(task, deadline, now)
+                continue
+            if fleet.store.has_result(task.round, task.kind, task.client_id):
+                fleet.store.forget_result(task.round, task.kind, task.client_id)
+            posted[task.client_id] = fleet.post(task, deadline, now)
         with fleet.changed:
             while True:
                 now = time.monotonic()
@@ -174,3 +177,10 @@ class GrpcBackend:
             held = apply_downlink(self.downlink, task) if self.downlink.name != "dense" else None
             result.state = ClientState(version=task.version, held=held, residual=None)
         return result
+
+
+def _reusable(task: TrainTask) -> bool:
+    """A stored result can stand in for a re-run task unless it belongs to a secure
+    aggregation exchange: a restarted coordinator runs a fresh SecAgg+ instance, so every
+    stage (and the masked update) is asked for again."""
+    return not task.secagg and not task.kind.startswith("secagg_")

@@ -390,8 +390,6 @@ class Upload:
         limit = fleet.settings.max_update_bytes
         if h.payload_size > limit:
             raise ResourceExhausted(f"payload of {h.payload_size} bytes exceeds {limit}")
-        if not h.error and h.num_examples <= 0:
-            raise InvalidArgument("ResultHeader.num_examples must be > 0")
         if len(h.payload_sha256) != 64:
             raise InvalidArgument("ResultHeader.payload_sha256 must be 64 hex digits")
         return pending

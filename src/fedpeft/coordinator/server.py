@@ -202,7 +202,7 @@ class ServeOptions:
     tls: TlsFiles | None = None
     insecure_localhost: bool = False
     metrics_port: int | None = None
-    round_timeout: float = 1800.0
+    round_timeout: float = 14400.0
     wait_clients_timeout: float | None = None  # None: wait for clients as long as it takes
     shutdown_grace: float = 30.0  # how long to keep telling daemons the run is over
     fleet: FleetSettings = field(default_factory=FleetSettings)
@@ -286,6 +286,7 @@ def serve_job(
         if not resume:
             run.rewrite_metrics([])
         settings_ = engine_settings(cfg)
+        protection = _protection(cfg, run.path)
         backend = GrpcBackend(fleet, app, settings_["downlink"], round_timeout=opts.round_timeout)
         engine = RoundEngine(
             backend=backend,
@@ -298,6 +299,7 @@ def serve_job(
             run=run,
             hooks=_store_hooks(store, metrics, hooks),
             **settings_,
+            **protection,
         )
         if resume:
             engine.resume()
@@ -337,6 +339,17 @@ def serve_job(
         store.close()
 
 
+def _protection(cfg: JobConfig, run_path: Path) -> dict[str, Any]:
+    """The engine's SecAgg+ and DP arguments, built as the simulation builds them (the
+    same stages travel as task kinds with opaque ``secagg`` bytes; secrets stay on the
+    daemons). Nothing when both are off."""
+    if not (cfg.secagg.enabled or cfg.dp.enabled):
+        return {}
+    from fedpeft.simulation import run as simulation_run
+
+    return dict(simulation_run.privacy_settings(cfg, run_path))
+
+
 def _tell_daemons(fleet: Fleet, grace: float) -> None:
     """Keep serving until every connected daemon heard the run is over (or ``grace``)."""
     end = time.monotonic() + grace
@@ -365,6 +378,8 @@ def _store_hooks(store: Store, metrics: FleetMetrics, hooks: EngineHooks | None)
     def on_round_end(record: dict[str, Any]) -> None:
         store.round_committed(int(record["round"]), record, time.time())
         metrics.rounds_completed.set(int(record["round"]))
+        if "epsilon" in record:  # DP on: the budget spent so far
+            metrics.set_epsilon(float(record["epsilon"]))
         log.info("round %d done: %s", record["round"], _brief(record))
         if inner.on_round_end:
             inner.on_round_end(record)

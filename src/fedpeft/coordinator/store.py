@@ -272,6 +272,14 @@ class Store:
         )
         return bool(rows)
 
+    def forget_result(self, round_num: int, kind: str, client_id: int) -> None:
+        """Drop one accepted result (it cannot be reused: the client is asked again)."""
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM results WHERE round = ? AND kind = ? AND client_id = ?",
+                (round_num, kind, client_id),
+            )
+
     def forget_uncommitted_results(self, round_num: int) -> None:
         """Drop results of ``round_num`` and later (a rerun of a round the checkpoint does
         not hold, for clients that are not asked again)."""
