@@ -103,13 +103,25 @@ def test_readme_is_a_front_page() -> None:
     ]
 
 
-def test_readme_default_job_figures_come_from_the_bench() -> None:
+def test_make_run_is_the_benchmarked_default_job_and_readme_quotes_it() -> None:
+    """`make run` runs SIMULATE_DEFAULTS; default_job.json holds a run of exactly those
+    settings, and the README's figures are that run's and its centralized twin's."""
+    from fedpeft.cli.simulate import SIMULATE_DEFAULTS
+
+    current = {k: v for k, v in SIMULATE_DEFAULTS.items() if k != "output"}
     runs = result("default_job.json")["runs"]
-    fed, central = runs["default"], runs["central[default]"]
+    matching = [
+        r for r in runs.values() if r["kind"] == "federated" and r.get("settings") == current
+    ]
+    assert matching, f"no run in default_job.json has the settings {current}"
+    fed = matching[-1]
+    central = next(r for r in runs.values() if r["kind"] == "centralized")
+    assert central["matched_federated_examples"] == fed["examples_seen"]
     block = README.read_text().split("<!-- default-job -->")[1].split("<!-- /default-job -->")[0]
     block = " ".join(block.split())
-    assert f"**{fed['final_eval_accuracy']:.2f}**" in block
+    assert f"**{fed['final_eval_accuracy']:.3f}**" in block
     assert f"{fed['wall_seconds']:.0f} s" in block
+    assert f"load average {fed['load_avg_start'][0]:.1f}" in block
     examples = central["matched_federated_examples"]
     assert f"{examples:,} examples reaches {central['final_eval_accuracy']:.3f}" in block
 
@@ -164,6 +176,12 @@ CLAIMS: list[tuple[str, Callable[[], str]]] = [
     ("docs/simulation.md", _flower_ratio),
     ("docs/simulation.md", _ray_memory),
 ]
+
+
+def test_default_job_table_is_the_bench() -> None:
+    text = (DOCS / "accuracy.md").read_text()
+    for name, run in result("default_job.json")["runs"].items():
+        assert f"| {run['final_eval_accuracy']:.3f} |" in text, name
 
 
 @pytest.mark.parametrize(("page", "expected"), CLAIMS)
