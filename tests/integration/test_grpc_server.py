@@ -375,3 +375,31 @@ def test_tls_and_mutual_tls(fleet: Fleet, tmp_path: Path) -> None:
         assert code_of(lambda: plaintext.register("", "")) == grpc.StatusCode.UNAVAILABLE
     finally:
         server.stop()
+
+
+def test_a_restarted_coordinator_takes_results_for_the_same_task(tmp_path: Path) -> None:
+    """kill -9 between handing out a task and receiving its result: the restarted
+    coordinator poses the same task (same id) and takes the result; a changed task is new."""
+    first = make_fleet(tmp_path)
+    server = CoordinatorServer(first, "127.0.0.1", 0, insecure_localhost=True)
+    port = server.start()
+    conn, cid = enrolled(port, tmp_path)
+    first.post(task_for(cid), time.monotonic() + 60, time.monotonic())
+    old = conn.pull(1).task
+    assert old is not None
+    server.stop()  # the coordinator dies while the client trains
+    first.store.close()
+    second = make_fleet(tmp_path)  # restarted on the same state database
+    server = CoordinatorServer(second, "127.0.0.1", port, insecure_localhost=True)
+    server.start()
+    try:
+        changed = second.post(task_for(cid, downlink=b"other"), time.monotonic() + 60, 0.0)
+        assert changed.wire.task_id != old.task_id
+        same = second.post(task_for(cid), time.monotonic() + 60, time.monotonic())
+        assert same.wire.task_id == old.task_id
+        payload = b"trained before the crash"
+        assert conn.push(header(old, payload), payload)
+        assert same.result is not None and same.result.payload == payload
+    finally:
+        server.stop()
+        second.store.close()

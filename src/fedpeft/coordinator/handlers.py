@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import threading
@@ -198,7 +199,7 @@ class Fleet:
         """Hand a task to its client (the next PullTask returns it)."""
         if task.kind not in TASK_KINDS:
             raise ValueError(f"task kind {task.kind!r} is not one of {TASK_KINDS}")
-        task_id = secrets.token_hex(16)
+        task_id = task_identity(self.store.run_id, task)
         downlink: bytes | None = task.downlink
         artifact = None
         if len(task.downlink) > self.settings.inline_downlink_bytes:
@@ -283,6 +284,22 @@ class Fleet:
                 wire.PullStatus.TASK,
                 _with_deadline(pending.wire, left),
             )
+
+
+def task_identity(run_id: str, task: TrainTask) -> str:
+    """The task id: a digest of everything the client is asked (run, round, kind, client,
+    versions, seed, config, downlink, SecAgg message). A restarted coordinator that poses
+    the very same task again gets the same id, so a result computed for it before the
+    crash is still taken; anything different (another base adapter, a fresh SecAgg
+    instance) is a new task and the old result is stale. Replays are stopped by the
+    store's one-result-per-(round, kind, client) rule, not by the id being secret."""
+    h = hashlib.sha256()
+    fields = (run_id, task.round, task.kind, task.client_id, task.state.version, task.version)
+    h.update(json.dumps([*fields, task.seed, task.downlink_is_delta]).encode())
+    h.update(json.dumps(task.config, sort_keys=True, default=str).encode())
+    h.update(hashlib.sha256(task.downlink).digest())
+    h.update(hashlib.sha256(task.secagg).digest())
+    return h.hexdigest()[:32]
 
 
 def _with_deadline(task: wire.WireTask, seconds: float) -> wire.WireTask:
