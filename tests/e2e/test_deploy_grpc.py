@@ -158,3 +158,31 @@ def test_daemon_killed_mid_round_is_dropped_and_rejoins_as_itself(
     assert dep.log("client2.log").count("registered as client") == 1
     second = dep.records()[1]
     assert second["round"] == 2 and second["clients_ok"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("job", "check"),
+    [
+        ("[secagg]\nenabled = true\n", "secagg_survivors"),
+        ('[dp]\nnoise_multiplier = 0.5\nclip = 0.5\nmode = "central"\n', "epsilon"),
+    ],
+    ids=["secagg", "central-dp"],
+)
+def test_secagg_and_dp_run_over_grpc(
+    tiny_text_file: Path,
+    deployment_factory: Callable[..., Deployment],
+    tmp_path: Path,
+    job: str,
+    check: str,
+) -> None:
+    config = tmp_path / "job.toml"
+    config.write_text(job)
+    dep = deployment_factory(tiny_text_file, 2, 3, "--config", str(config))
+    coordinator = dep.coordinator()
+    daemons = [dep.daemon(i, 3) for i in range(3)]
+    assert coordinator.wait(timeout=400) == 0, dep.log("coordinator.log")[-3000:]
+    assert all(d.wait(timeout=60) == 0 for d in daemons)
+    records = dep.records()
+    assert [r["round"] for r in records] == [1, 2]
+    assert all(r["clients_ok"] == 3 and check in r for r in records)

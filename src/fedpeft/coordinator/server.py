@@ -241,6 +241,7 @@ def serve_job(
     from fedpeft.training.setup import load_job_data
 
     start = time.perf_counter()
+    check_transport(opts.host, opts.tls, opts.insecure_localhost, "the coordinator's")
     if cfg.federation.sampling != "fixed":
         raise ConfigError("federation.sampling", "a deployment samples a fixed number per round")
     if cfg.federation.calibration != "none":
