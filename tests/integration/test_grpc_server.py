@@ -403,3 +403,22 @@ def test_a_restarted_coordinator_takes_results_for_the_same_task(tmp_path: Path)
     finally:
         server.stop()
         second.store.close()
+
+
+def test_prometheus_metrics_endpoint(fleet: Fleet, port: int, tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        http_port = s.getsockname()[1]
+    fleet.metrics.serve(http_port)
+    enrolled(port, tmp_path)
+    anonymous = connect(port, tmp_path)
+    code_of(lambda: anonymous.heartbeat())
+    fleet.metrics.set_epsilon(1.5)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10).read()
+    text = body.decode()
+    assert "fedpeft_clients_registered 1.0" in text
+    assert 'fedpeft_rejected_calls_total{code="UNAUTHENTICATED"} 1.0' in text
+    assert "fedpeft_dp_epsilon 1.5" in text
