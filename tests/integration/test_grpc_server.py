@@ -422,3 +422,41 @@ def test_prometheus_metrics_endpoint(fleet: Fleet, port: int, tmp_path: Path) ->
     assert "fedpeft_clients_registered 1.0" in text
     assert 'fedpeft_rejected_calls_total{code="UNAUTHENTICATED"} 1.0' in text
     assert "fedpeft_dp_epsilon 1.5" in text
+
+
+def test_a_client_without_the_base_adapter_gets_full_weights(
+    fleet: Fleet, port: int, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from fedpeft.client.codecs import apply_downlink
+    from fedpeft.coordinator.grpc_backend import STATE_MISMATCH
+
+    conn, cid = enrolled(port, tmp_path)
+    codec = make_codec("compeft", density=0.5)
+    held = {"w": np.ones((8, 8), np.float32)}
+    delta = {"w": np.full((8, 8), 0.25, np.float32)}
+    task = replace(
+        task_for(cid, downlink=codec.encode(delta)),
+        downlink_is_delta=True,
+        state=ClientState(version=0, held=held),
+        version=1,
+    )
+    backend = GrpcBackend(fleet, app=None, downlink=codec, round_timeout=30)  # type: ignore[arg-type]
+    out: list[Any] = []
+    runner = threading.Thread(target=lambda: out.extend(backend.run([task])))
+    runner.start()
+    first = conn.pull(2).task
+    assert first is not None and first.downlink_is_delta and first.base_version == 0
+    lost = header(first, b"", num_examples=0, error=f"{STATE_MISMATCH}: no held adapter v0")
+    conn.push(lost, b"")
+    second = conn.pull(5).task
+    assert second is not None and not second.downlink_is_delta
+    expected = apply_downlink(codec, task)
+    got = FULL_WEIGHTS_CODEC.decode(second.downlink or b"")
+    np.testing.assert_array_equal(got["w"], expected["w"])
+    conn.push(header(second, b"update"), b"update")
+    runner.join(10)
+    (result,) = out
+    assert result.ok and result.state is not None
+    np.testing.assert_array_equal(result.state.held["w"], expected["w"])
