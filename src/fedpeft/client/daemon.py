@@ -55,7 +55,6 @@ from fedpeft.protocol.version import (
     TOKEN_KEY,
     method_path,
 )
-from fedpeft.rundir import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +142,8 @@ class DaemonState:
         return self._json("job.json")
 
     def save_registration(self, reg: wire.Registration, coordinator: str) -> None:
+        from fedpeft.rundir import atomic_write_bytes
+
         previous = self.identity()
         if previous is None or previous.get("run_id") != reg.run_id:
             self.reset_training_state()  # a new run: nothing held from the old one counts

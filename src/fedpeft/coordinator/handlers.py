@@ -32,7 +32,6 @@ from fedpeft.coordinator.store import Artifact, Store, StoredResult, hash_token
 from fedpeft.errors import ProtocolError
 from fedpeft.protocol import wire
 from fedpeft.protocol.version import CHUNK_BYTES, PROTOCOL_VERSION
-from fedpeft.rundir import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +240,8 @@ class Fleet:
         digest = hashlib.sha256(data).hexdigest()
         path = self.artifact_dir / digest
         if not path.is_file():
+            from fedpeft.rundir import atomic_write_bytes  # (rundir brings torch: only here)
+
             atomic_write_bytes(path, data)
         self.store.add_artifact(Artifact(digest, name, len(data), path), now)
         return wire.ArtifactRef(digest, len(data))

@@ -22,21 +22,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
 
 from fedpeft.config import JobConfig
-from fedpeft.coordinator.engine import EngineHooks, RoundEngine, checkpoint_exists
-from fedpeft.coordinator.grpc_backend import GrpcBackend, LiveClientSampler
 from fedpeft.coordinator.handlers import Fleet, FleetSettings
 from fedpeft.coordinator.metrics import FleetMetrics
 from fedpeft.coordinator.servicer import FleetServicer, add_fleet_servicer
 from fedpeft.coordinator.store import Store
 from fedpeft.errors import ConfigError, FedPeftError
 from fedpeft.protocol.version import SERVICE
-from fedpeft.rundir import RunDir, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from fedpeft.coordinator.engine import EngineHooks
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,11 @@ def serve_job(
     export: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the deployed job; returns the summary (like ``run_simulation``)."""
+    # the model side (torch) is imported only to run a job, not to check its options
     from fedpeft.client.app import LoraClientApp
+    from fedpeft.coordinator.engine import RoundEngine, checkpoint_exists
+    from fedpeft.coordinator.grpc_backend import GrpcBackend, LiveClientSampler
+    from fedpeft.rundir import RunDir, atomic_write_bytes
     from fedpeft.simulation.run import engine_settings, plot_curves, summarize
     from fedpeft.training.setup import load_job_data
 
@@ -367,6 +371,8 @@ def _tell_daemons(fleet: Fleet, grace: float) -> None:
 
 
 def _store_hooks(store: Store, metrics: FleetMetrics, hooks: EngineHooks | None) -> EngineHooks:
+    from fedpeft.coordinator.engine import EngineHooks
+
     inner = hooks or EngineHooks()
 
     def on_round_start(round_num: int, cohort: int) -> None:
