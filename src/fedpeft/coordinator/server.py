@@ -350,6 +350,16 @@ def _protection(cfg: JobConfig, run_path: Path) -> dict[str, Any]:
     daemons). Nothing when both are off."""
     if not (cfg.secagg.enabled or cfg.dp.enabled):
         return {}
+    fed = cfg.federation
+    if cfg.dp.enabled and fed.clients != fed.clients_per_round:
+        # The accountant's population would be --max-clients, not who is really there: a
+        # deployment accounts as if every round took everyone (no sampling amplification),
+        # an upper bound on the privacy spent.
+        log.warning(
+            "DP: accounting without sampling amplification (population = %d per round)",
+            fed.clients_per_round,
+        )
+        cfg = cfg.replace({"federation.clients": fed.clients_per_round})
     from fedpeft.simulation import run as simulation_run
 
     return dict(simulation_run.privacy_settings(cfg, run_path))
