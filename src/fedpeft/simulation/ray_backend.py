@@ -181,7 +181,8 @@ class RayBackend:
             queues[slot] = [mine[i : i + size] for i in range(0, len(mine), size)]
         running: dict[Any, tuple[int, list[TrainTask]]] = {}
         for slot, queue in queues.items():
-            running[self.actors[slot].train_many.remote(queue[0])] = (slot, queue.pop(0))
+            chunk = queue.pop(0)
+            running[self.actors[slot].train_many.remote(chunk)] = (slot, chunk)
         results: list[TrainResult] = []
         while running:
             done, _ = ray.wait(list(running), num_returns=1)
@@ -199,10 +200,8 @@ class RayBackend:
                 if on_result is not None:
                     on_result(result)
             if queues[slot]:
-                running[self.actors[slot].train_many.remote(queues[slot][0])] = (
-                    slot,
-                    queues[slot].pop(0),
-                )
+                chunk = queues[slot].pop(0)
+                running[self.actors[slot].train_many.remote(chunk)] = (slot, chunk)
         return results
 
     def evaluate(self, params: Tensors) -> dict[str, float]:
