@@ -104,7 +104,7 @@ def main() -> None:
             "clients": 3,
             "rounds": 3,
             "codec": f"compeft density {args.density}",
-            "secagg_dp": "off (not wired into the coordinator at measurement time)",
+            "secagg_dp": "off in this measurement",
             "machine": f"{os.cpu_count()} cores shared with other jobs",
             "load_average_before": load_before,
             "load_average_after": load_after,
