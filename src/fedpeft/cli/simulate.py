@@ -107,6 +107,33 @@ def simulate(
     gpus_per_worker: float | None = typer.Option(None, "--gpus-per-worker"),
     ray_address: str | None = typer.Option(None, "--ray-address", help="join a Ray cluster"),
     eval_every: int | None = typer.Option(None, "--eval-every"),
+    secagg: bool | None = typer.Option(
+        None,
+        "--secagg/--no-secagg",
+        help="secure aggregation (SecAgg+): the coordinator learns only the sum of updates",
+    ),
+    dropout_rate: float | None = typer.Option(
+        None,
+        "--dropout-rate",
+        help="with --secagg: fraction of each round's clients that vanish mid-protocol",
+    ),
+    dropout_stage: str | None = typer.Option(
+        None, "--dropout-stage", help="when they vanish: after_masking or before_masking"
+    ),
+    dp_epsilon: float | None = typer.Option(
+        None, "--dp-epsilon", help="client-level DP: target epsilon for the whole run"
+    ),
+    dp_delta: float | None = typer.Option(
+        None, "--dp-delta", help="client-level DP: target delta (default 1e-5)"
+    ),
+    dp_noise_multiplier: float | None = typer.Option(
+        None,
+        "--dp-noise-multiplier",
+        help="fixed DP noise (std / the sum's sensitivity); with --dp-epsilon, stop when spent",
+    ),
+    dp_clip: float | None = typer.Option(
+        None, "--dp-clip", help="DP: L2 clip norm of each client's update"
+    ),
     codec: str | None = typer.Option(None, "--codec", help="dense or compeft"),
     density: float | None = typer.Option(None, "--density", help="compeft: fraction kept"),
     dtype: str | None = typer.Option(None, "--dtype", help="dense: fp32, fp16, bf16"),
@@ -167,6 +194,13 @@ def simulate(
         "federation.gpus_per_worker": gpus_per_worker,
         "federation.ray_address": ray_address,
         "federation.eval_every": eval_every,
+        "secagg.enabled": secagg,
+        "secagg.dropout_rate": dropout_rate,
+        "secagg.dropout_stage": dropout_stage,
+        "dp.epsilon": dp_epsilon,
+        "dp.delta": dp_delta,
+        "dp.noise_multiplier": dp_noise_multiplier,
+        "dp.clip": dp_clip,
         "codec.name": codec,
         "codec.density": density,
         "codec.dtype": dtype,
@@ -275,10 +309,14 @@ def _round_line(record: dict[str, Any]) -> str:
         f"round {record['round']}",
         f"clients {record['clients_ok']}/{record['clients_sampled']}",
     ]
-    for key in ("train_loss", "eval_loss", "eval_accuracy", "eval_perplexity"):
+    for key in ("train_loss", "eval_loss", "eval_accuracy", "eval_perplexity", "epsilon"):
         if key in record:
             parts.append(f"{key} {record[key]:.4f}")
+    if "secagg_survivors" in record:
+        parts.append(f"secagg dropped {record['secagg_dropped']}")
     parts.append(f"up {record['bytes_up']} B, down {record['bytes_down']} B")
+    if "round_failed" in record:
+        parts.append(f"FAILED: {record['round_failed']}")
     return " | ".join(parts)
 
 
@@ -294,6 +332,8 @@ def _print_summary(summary: dict[str, Any], cfg: JobConfig) -> None:
         "bytes_up",
         "bytes_down",
         "wall_seconds",
+        "epsilon",
+        "dp_noise_multiplier",
     ):
         if key in summary:
             value = summary[key]
@@ -301,6 +341,8 @@ def _print_summary(summary: dict[str, Any], cfg: JobConfig) -> None:
                 f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}"
             )
     console.print(f"  run folder: {cfg.output}")
+    if "stopped" in summary:
+        console.print(f"[yellow]stopped early:[/yellow] {summary['stopped']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -121,6 +121,58 @@ def engine_settings(cfg: JobConfig) -> dict[str, Any]:
     }
 
 
+def check_secagg_plan(cfg: JobConfig) -> None:
+    """Refuse, before any round, a cohort size and tolerated dropout for which SecAgg+ has
+    no threshold and neighbour graph that completes (Flower's SecAgg+ halts silently)."""
+    from fedpeft.privacy.secagg import plan_secagg
+
+    k = cfg.federation.clients_per_round
+    try:
+        plan_secagg(
+            list(range(k)),
+            length=1,
+            bits=32,
+            round_num=1,
+            seed=0,
+            dropout_fraction=cfg.secagg.tolerated_dropout,
+        )
+    except ConfigError as exc:
+        raise ConfigError("secagg.tolerated_dropout", str(exc)) from exc
+
+
+def privacy_settings(
+    cfg: JobConfig, run_path: Path, shard_sizes: list[int] | None = None
+) -> dict[str, Any]:
+    """The RoundEngine's ``secure`` (SecAgg+) and ``privacy`` (DP) arguments of a job.
+    ``shard_sizes`` (simulation) sets the automatic weight cap: the largest client."""
+    from fedpeft.coordinator.secure import SecureRound, auto_bits
+
+    out: dict[str, Any] = {"secure": None, "privacy": None}
+    sa = cfg.secagg
+    if sa.enabled:
+        check_secagg_plan(cfg)
+        compressed = cfg.codec.name != "dense"
+        weight_cap = sa.weight_cap or max(shard_sizes or [1000])
+        out["secure"] = SecureRound(
+            tolerated_dropout=sa.tolerated_dropout,
+            bits=sa.bits or auto_bits(compressed, cfg.federation.clients_per_round),
+            clip_range=sa.clip_range,
+            weight_cap=max(1, weight_cap),
+            density=cfg.codec.density if compressed else 1.0,
+            seed=cfg.train.seed,
+        )
+    if cfg.dp.enabled:
+        from fedpeft.coordinator.dp import make_dp_controller
+
+        distributed = cfg.dp.mode == "distributed" or (cfg.dp.mode == "auto" and sa.enabled)
+        if sa.enabled and not distributed:
+            raise ConfigError(
+                "dp.mode", "central DP needs individual updates; with secagg use distributed"
+            )
+        out["privacy"] = make_dp_controller(cfg, run_path, distributed=distributed)
+    return out
+
+
 def run_simulation(
     cfg: JobConfig,
     *,
@@ -148,7 +200,15 @@ def run_simulation(
         run.create(cfg, meta)
         run.rewrite_metrics([])
 
+    # before any worker loads a model: a DP target no noise can meet is refused here
+    protection = privacy_settings(cfg, run.path, [len(s) for s in shards])
     backend = make_backend(cfg, app_factory or lora_app_factory(cfg))
+    if cfg.secagg.enabled and cfg.secagg.dropout_rate > 0:
+        from fedpeft.simulation.dropout import DropoutBackend
+
+        backend = DropoutBackend(
+            backend, cfg.secagg.dropout_rate, cfg.secagg.dropout_stage, cfg.train.seed
+        )
     try:
         fed = cfg.federation
         engine = RoundEngine(
@@ -158,6 +218,7 @@ def run_simulation(
             run=run,
             hooks=failures.watch(hooks),  # stops a run whose clients all raise one error
             **engine_settings(cfg),
+            **protection,
         )
         if resume:
             engine.resume()
@@ -172,6 +233,9 @@ def run_simulation(
     except BaseException:
         backend.shutdown()
         raise
+    finally:
+        if protection["privacy"] is not None:
+            protection["privacy"].close()
 
     # Stopping the backend (Ray: killing workers, stopping its daemons) is a second or two
     # of mostly waiting; the outputs are written meanwhile.
@@ -190,6 +254,8 @@ def run_simulation(
     # evaluation is on the first data.max_eval_examples held-out examples: say how many
     summary["eval_examples"] = meta["eval_examples"]
     summary["max_eval_examples"] = cfg.data.max_eval_examples
+    if engine.stopped is not None:
+        summary["stopped"] = engine.stopped
     atomic_write_bytes(run.path / "summary.json", json.dumps(summary, indent=2).encode())
     return summary
 
@@ -236,6 +302,14 @@ def summarize(
     for key in ("calibration_bytes_up", "calibration_bytes_down"):
         if any(key in r for r in records):
             summary[key] = sum(int(r.get(key, 0)) for r in records)
+    # privacy: the budget spent (the last line's epsilon covers every recorded round)
+    with_eps = [r for r in records if "epsilon" in r]
+    if with_eps:
+        summary["epsilon"] = with_eps[-1]["epsilon"]
+        summary["dp_delta"] = with_eps[-1]["dp_delta"]
+        summary["dp_noise_multiplier"] = with_eps[-1]["dp_noise_multiplier"]
+    if any("secagg_survivors" in r for r in records):
+        summary["secagg_dropped"] = sum(len(r.get("secagg_dropped", [])) for r in records)
     if "uncalibrated_eval_accuracy" in last_eval:
         summary["final_uncalibrated_eval_accuracy"] = last_eval["uncalibrated_eval_accuracy"]
     return summary
