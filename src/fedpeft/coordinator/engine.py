@@ -54,6 +54,13 @@ class Backend(Protocol):
     def shutdown(self) -> None: ...
 
 
+class Sampler(Protocol):
+    """Picks a round's cohort (the simulation's ClientSampler, the deployment's live
+    sampler)."""
+
+    def sample(self, round_num: int) -> list[int]: ...
+
+
 @dataclass
 class EngineHooks:
     """Progress callbacks (the CLI draws its display from these)."""
@@ -87,8 +94,8 @@ class RoundEngine:
         *,
         backend: Backend,
         strategy: Strategy,
-        sampler: ClientSampler,
-        shards: Sequence[np.ndarray],
+        sampler: Sampler | ClientSampler,
+        shards: Sequence[np.ndarray | None],
         uplink: Codec,
         downlink: Codec,
         run: RunDir,

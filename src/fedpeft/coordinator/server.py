@@ -295,12 +295,11 @@ def serve_job(
         backend = GrpcBackend(fleet, app, settings_["downlink"], round_timeout=opts.round_timeout)
         engine = RoundEngine(
             backend=backend,
-            # the engine only calls sample(round); it is typed as the simulation's sampler
-            sampler=LiveClientSampler(  # type: ignore[arg-type]
+            sampler=LiveClientSampler(
                 fleet, cfg.federation.clients_per_round, cfg.train.seed, opts.wait_clients_timeout
             ),
             # a real client brings its own data: no shard is sent (ids index this list)
-            shards=[None] * (cfg.federation.clients + 1),  # type: ignore[list-item]
+            shards=[None] * (cfg.federation.clients + 1),
             run=run,
             hooks=_store_hooks(store, metrics, hooks),
             **settings_,
