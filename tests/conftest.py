@@ -93,8 +93,6 @@ class NumpyClientApp:
     aggregation and DP know every update exactly. It sends through the real
     :class:`~fedpeft.client.secure.UpdateSender` (codec, DP clip, masking)."""
 
-    SHAPES: dict[str, tuple[int, ...]] = {"lora_A": (4, 6), "lora_B": (6, 4), "head": (3,)}
-
     def __init__(self, cfg: JobConfig, name: str = "numpy", scale: float = 0.01) -> None:
         from fedpeft.client.codecs import uplink_codec
         from fedpeft.client.mods import reject_nonfinite
@@ -103,6 +101,7 @@ class NumpyClientApp:
         self.cfg = cfg
         self.name = name
         self.scale = scale
+        self.SHAPES: dict[str, tuple[int, ...]] = {"lora_A": (4, 6), "lora_B": (6, 4), "head": (3,)}
         self.sender = UpdateSender(uplink_codec(cfg.codec), [reject_nonfinite], cfg.codec)
         self.sent: dict[tuple[int, int], Any] = {}  # (round, client) -> the update it trained
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ROOT, NumpyClientApp
 
+from conftest import ROOT, NumpyClientApp
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.dp import clip_tensors
 from fedpeft.errors import ConfigError

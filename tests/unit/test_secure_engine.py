@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import NumpyClientApp
 
+from conftest import NumpyClientApp
 from fedpeft.aggregation import make_strategy
 from fedpeft.client.codecs import downlink_codec, uplink_codec
 from fedpeft.client.secure import SecureEncoding
@@ -148,7 +148,9 @@ def test_dropouts_are_survived_and_recorded(tmp_path: Path, stage: str) -> None:
     assert len(record["secagg_dropped"]) == 2 and "round_failed" not in record
     cohort = sorted({t.client_id for t in spy.tasks})
     # after masking: the vanished clients' inputs are in the sum; before: they are not
-    summed = cohort if stage == "after_masking" else sorted(set(cohort) - set(record["secagg_dropped"]))
+    summed = (
+        cohort if stage == "after_masking" else sorted(set(cohort) - set(record["secagg_dropped"]))
+    )
     want = expected_mean(app, summed)
     for k, v in engine.state.params.items():
         np.testing.assert_allclose(v, want[k], atol=1e-4)

@@ -43,7 +43,7 @@ class DropoutBackend:
         cohort = sorted(t.client_id for t in tasks)
         count = round(self.rate * len(cohort))
         rng = np.random.default_rng([self.seed, round_num, 0xD0])
-        chosen = rng.choice(cohort, size=count, replace=False) if count else []
+        chosen: list[int] = [int(c) for c in rng.choice(cohort, size=count, replace=False)]
         self.vanished = {round_num: {int(c) for c in chosen}}
 
     def _drops(self, task: TrainTask) -> bool:
