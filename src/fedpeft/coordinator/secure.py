@@ -27,8 +27,6 @@ from typing import Any
 import numpy as np
 
 from fedpeft.client.secure import (
-    SQ_NORM_DIGITS,
-    WEIGHT_DIGITS,
     SecureEncoding,
     SecureSum,
     decode_secure_sum,
@@ -222,7 +220,3 @@ class SecureRound:
         # masked input reached the sum) or whose message was refused
         out.dropped = tuple(sorted(set(cohort) - answered))
         return out
-
-
-def extras_length(with_sq_norm: bool) -> int:
-    return WEIGHT_DIGITS + (SQ_NORM_DIGITS if with_sq_norm else 0)
