@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedpeft-installed
 
-.PHONY: setup run test test-all lint typecheck bench clean
+.PHONY: setup run test test-all lint typecheck bench clean flower-venv
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src/fedpeft
+
+# Flower 1.41 and the MiniLM job's stack, apart from .venv (flwr pins protobuf<7):
+# the Flower side of bench/realjob_vs_flower.py.
+flower-venv:
+	PY=$(PY) bash scripts/flower_venv.sh
 
 clean:
 	rm -rf $(VENV) runs

@@ -129,7 +129,7 @@ class NumpyClientApp:
 
         if task.kind.startswith("secagg_"):
             return self.sender.stage(task, self.name)
-        apply_downlink(downlink_codec(self.cfg.codec), task)
+        apply_downlink(downlink_codec(self.cfg.codec), task, self.initial_state())
         delta = self.update_of(task.client_id)
         self.sent[(task.round, task.client_id)] = delta
         state = ClientState(version=task.version, residual=task.state.residual)

@@ -47,6 +47,8 @@ COMPEFT_SCALES = ("mean_abs", "norm", "alpha_std")
 #: ``federation.lora_aggregation``: average LoRA's A and B (FedAvg's default) or their
 #: products (fedpeft.aggregation.lora_product)
 LORA_AGGREGATIONS = ("factors", "product")
+#: ``train.prefix_cache_dtype``: how cached hidden states are stored (fedpeft.training.prefix)
+PREFIX_CACHE_DTYPES = ("fp32", "fp16", "bf16")
 
 T = TypeVar("T")
 
@@ -130,10 +132,22 @@ class LoraSettings:
             "averaging B is then exact and A never travels"
         ),
     )
+    layers: int = field(
+        default=0,
+        metadata=_help(
+            "LoRA only in the top k transformer blocks (0 = every block); the frozen blocks "
+            "below then run once per example with train.prefix_cache"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.freeze_a, bool):
             raise ConfigError("lora.freeze_a", f"must be true or false, got {self.freeze_a!r}")
+        if isinstance(self.layers, bool) or not isinstance(self.layers, int) or self.layers < 0:
+            raise ConfigError(
+                "lora.layers",
+                f"must be an integer >= 0 (0 = every block), got {self.layers!r}",
+            )
         if not isinstance(self.r, int) or self.r <= 0:
             raise ConfigError("lora.r", f"must be a positive integer, got {self.r!r}")
         _positive("lora", "alpha", self.alpha)
@@ -225,6 +239,24 @@ class TrainConfig:
     eval_batch_size: int = field(default=64, metadata=_help("examples per evaluation batch"))
     seed: int = field(default=0, metadata=_help("seed for data order, dropout and init"))
     threads: int | None = field(default=None, metadata=_help("torch CPU threads (default: all)"))
+    prefix_cache: bool = field(
+        default=True,
+        metadata=_help(
+            "with lora.layers > 0: compute the frozen blocks below the adapter once per "
+            "example and reuse them every epoch and round (off: run the whole model)"
+        ),
+    )
+    prefix_cache_mb: int = field(
+        default=1024,
+        metadata=_help(
+            "memory for cached hidden states per process (MiB); least recently used "
+            "examples are dropped beyond it"
+        ),
+    )
+    prefix_cache_dtype: str = field(
+        default="fp32",
+        metadata=_help("cached hidden states: fp32 (exact), fp16 or bf16 (half the memory)"),
+    )
 
     def __post_init__(self) -> None:
         _positive("train", "epochs", self.epochs)
@@ -248,6 +280,19 @@ class TrainConfig:
             _positive("train", "max_grad_norm", self.max_grad_norm)
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads <= 0):
             raise ConfigError("train.threads", f"must be a positive integer, got {self.threads!r}")
+        if not isinstance(self.prefix_cache, bool):
+            raise ConfigError(
+                "train.prefix_cache", f"must be true or false, got {self.prefix_cache!r}"
+            )
+        if (
+            isinstance(self.prefix_cache_mb, bool)
+            or not isinstance(self.prefix_cache_mb, int)
+            or self.prefix_cache_mb <= 0
+        ):
+            raise ConfigError(
+                "train.prefix_cache_mb", f"must be a positive integer, got {self.prefix_cache_mb!r}"
+            )
+        _one_of("train", "prefix_cache_dtype", self.prefix_cache_dtype, PREFIX_CACHE_DTYPES)
 
 
 @dataclass
@@ -413,12 +458,28 @@ class CodecSettings:
         metadata=_help("error feedback: fraction of the carried residual added (1 = all)"),
     )
     downlink: str = field(
-        default="dense", metadata=_help("codec for the global adapter delta sent down")
+        default="auto",
+        metadata=_help(
+            "global adapter sent down: dense (full weights), compeft (a compressed delta "
+            "per client, full weights on first contact) or chain (each round's change "
+            "compressed once, with server error feedback; clients catch up from a chain of "
+            "them); auto: chain with --codec compeft, else dense"
+        ),
+    )
+    downlink_density: float = field(
+        default=0.1, metadata=_help("chain downlink: fraction of coordinates each round sends")
     )
 
     def __post_init__(self) -> None:
         _one_of("codec", "name", self.name, ("dense", "compeft"))
-        _one_of("codec", "downlink", self.downlink, ("dense", "compeft"))
+        _one_of("codec", "downlink", self.downlink, ("auto", "dense", "compeft", "chain"))
+        if not (
+            isinstance(self.downlink_density, (int, float)) and 0.0 < self.downlink_density <= 1.0
+        ):
+            raise ConfigError(
+                "codec.downlink_density",
+                f"must be in (0, 1] (a fraction), got {self.downlink_density!r}",
+            )
         _one_of("codec", "dtype", self.dtype, ("fp32", "fp16", "bf16"))
         if not (isinstance(self.density, (int, float)) and 0.0 < self.density <= 1.0):
             raise ConfigError(
@@ -432,6 +493,15 @@ class CodecSettings:
             raise ConfigError(
                 "codec.dense_below", f"must be an integer >= 0, got {self.dense_below!r}"
             )
+
+    @property
+    def downlink_mode(self) -> str:
+        """The downlink in effect: ``auto`` is ``chain`` for a compressing uplink (it sent
+        the fewest bytes to the same accuracy, bench/results/realjob_vs_flower.json), else
+        ``dense``."""
+        if self.downlink == "auto":
+            return "chain" if self.name == "compeft" else "dense"
+        return self.downlink
 
 
 #: ``secagg.dropout_stage``: when simulated dropouts vanish — after sending their masked
@@ -635,6 +705,12 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         _check_privacy(self)
+        if self.adapter.kind == "offsite" and self.lora.layers:
+            raise ConfigError(
+                "lora.layers",
+                "Offsite-Tuning places its adapter blocks itself (adapter.kind = offsite); "
+                "leave lora.layers at 0",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(dataclasses.asdict(self))

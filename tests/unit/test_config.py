@@ -31,6 +31,15 @@ BAD = [
     ({"federation.server_momentum": 1.0}, "federation.server_momentum"),
     ({"codec.name": "zip"}, "codec.name"),
     ({"model.device": "tpu"}, "model.device"),
+    ({"lora.layers": -1}, "lora.layers"),
+    ({"lora.layers": True}, "lora.layers"),
+    ({"train.prefix_cache": "yes"}, "train.prefix_cache"),
+    ({"train.prefix_cache_mb": 0}, "train.prefix_cache_mb"),
+    ({"train.prefix_cache_dtype": "fp8"}, "train.prefix_cache_dtype"),
+    (
+        {"adapter.kind": "offsite", "adapter.emulator": "emu", "lora.layers": 2},
+        "lora.layers",
+    ),
 ]
 
 

@@ -167,8 +167,47 @@ def _ray_memory() -> str:
     return f"| {result('fed_scale.json')['headline'][0]['peak_rss_tree_gb']:.3f} GB"
 
 
+PREFIX_SETTINGS = {
+    "all6": "LoRA in all 6 blocks",
+    "top2_nocache": "top 2 blocks, no cache",
+    "top2_cache": "top 2 blocks, cache",
+    "top3_cache": "top 3 blocks, cache",
+    "top2_cache_fp16": "top 2 blocks, cache in fp16",
+}
+
+
+def _prefix_table() -> str:
+    runs = result("prefix_cache.json")["runs"]
+    rows = []
+    for name, label in PREFIX_SETTINGS.items():
+        r = runs[name]
+        first, second = r["epoch_cpu_seconds"]
+        speedup = r["speedup_vs_all6"]["epoch2"]
+        rows.append(
+            f"| {label} | {first:.1f} s | {second:.1f} s | {speedup:.2f}x | "
+            f"{r['dev_accuracy']:.3f} |"
+        )
+    return " ".join(rows)
+
+
+def _prefix_seeds() -> str:
+    extra = result("prefix_cache.json")["more_seeds"]
+    mean, by_seed = extra["dev_accuracy_mean"], extra["dev_accuracy_by_seed"]
+    assert sorted(by_seed["top2_cache"]) == sorted(by_seed["top2_nocache"]) == ["0", "1", "2"]
+
+    def each(name: str) -> str:
+        return " / ".join(f"{by_seed[name][s]:.3f}" for s in ("0", "1", "2"))
+
+    return (
+        f"**{mean['top2_nocache']:.3f} without the cache and {mean['top2_cache']:.3f} with it** "
+        f"(per seed: {each('top2_nocache')} against {each('top2_cache')})"
+    )
+
+
 #: (page, text the page must contain, computed from the result files)
 CLAIMS: list[tuple[str, Callable[[], str]]] = [
+    ("docs/simulation.md", _prefix_table),
+    ("docs/simulation.md", _prefix_seeds),
     ("docs/accuracy.md", lambda: f"**{_ccvr_mb():.2f} MB per client**"),
     ("docs/accuracy.md", lambda: f"| {_cohort_mean(FEDLC_3_PER_ROUND):.2f} |"),
     ("docs/compression.md", lambda: f"**{_pairs()[NORM]['bytes_up_ratio']:.1f}x (seed 0)"),

@@ -192,3 +192,40 @@ def test_logit_adjustment_stops_pushing_the_local_majority() -> None:
         return float(model.head.bias[1] - model.head.bias[0])
 
     assert majority_margin(_train_tiny(skewed, 1.0)) < majority_margin(_train_tiny(skewed, 0.0))
+
+
+def _file_order_eval(model: torch.nn.Module, enc) -> tuple[float, float, float]:
+    """The plain reference: file order, one batch per 5 examples."""
+    preds, golds, loss = [], [], 0.0
+    with torch.no_grad():
+        for batch in enc.batches(5):
+            out = model(**batch)
+            loss += float(out.loss) * len(batch["labels"])
+            preds.append(out.logits.argmax(-1))
+            golds.append(batch["labels"])
+    pred, gold = torch.cat(preds), torch.cat(golds)
+    return loss / len(gold), float((pred == gold).float().mean()), macro_f1(pred, gold)
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 7])
+def test_evaluation_split_into_slices_adds_up_to_the_whole(parts: int) -> None:
+    """Length-sorted slices (what each Ray worker evaluates) give the whole set's metrics."""
+    from fedpeft.training.loop import eval_order, evaluate_sums, finish_eval
+
+    texts = [" ".join(f"w{j}" for j in range(1 + i % 6)) for i in range(23)]
+    data = ClassificationData(texts, [(i * 7) % 2 for i in range(23)], ["a", "b"])
+    enc = encode(_Tok(), data, max_length=8)
+    model = _TinyClassifier()
+    loss, acc, f1 = _file_order_eval(model, enc)
+    slices = [evaluate_sums(model, enc, 4, part=p, parts=parts) for p in range(parts)]
+    got = finish_eval(slices)
+    assert got["eval_loss"] == pytest.approx(loss, rel=1e-5)
+    assert got["eval_accuracy"] == pytest.approx(acc)
+    assert got["eval_macro_f1"] == pytest.approx(f1)
+    # every example in exactly one slice; each slice's lengths ascend
+    seen = sorted(i for p in range(parts) for i in eval_order(enc, p, parts))
+    assert seen == list(range(23))
+    lengths = [len(enc.input_ids[i]) for i in eval_order(enc, 0, parts)]
+    assert lengths == sorted(lengths)
+    with pytest.raises(ValueError, match="part"):
+        eval_order(enc, parts, parts)

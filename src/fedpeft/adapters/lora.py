@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from fedpeft.config import LoraSettings
-from fedpeft.errors import UpdateRejected
-from fedpeft.models.registry import Task, arch_spec
+from fedpeft.errors import ConfigError, ModelError, UpdateRejected
+from fedpeft.models.registry import Task, arch_spec, block_list
 
 Tensors = dict[str, torch.Tensor]
 
@@ -44,6 +44,7 @@ def build_lora_model(base: Any, settings: LoraSettings, task: Task) -> Any:
         target_modules=targets,
         modules_to_save=head,
         task_type=TaskType.SEQ_CLS if task is Task.CLASSIFICATION else TaskType.CAUSAL_LM,
+        **top_blocks(base, settings.layers),
     )
     model = get_peft_model(base, config)
     if settings.freeze_a:
@@ -54,6 +55,30 @@ def build_lora_model(base: Any, settings: LoraSettings, task: Task) -> Any:
             if ".lora_A." in name:
                 param.requires_grad_(False)
     return model
+
+
+def top_blocks(base: Any, layers: int) -> dict[str, Any]:
+    """peft's ``layers_to_transform`` / ``layers_pattern`` for LoRA in the top ``layers``
+    blocks of ``base`` (``lora.layers``); nothing for 0 (every block).
+
+    Target modules outside the block list (``pooler.dense``) are then not adapted: peft
+    adapts only modules inside a numbered block of the pattern.
+    """
+    if layers == 0:
+        return {}
+    try:
+        path, blocks = block_list(base)
+    except ModelError as exc:
+        raise ConfigError("lora.layers", f"needs the model's block list: {exc}") from exc
+    if layers > len(blocks):
+        raise ConfigError(
+            "lora.layers",
+            f"{layers} exceeds the {len(blocks)} transformer blocks of `{base.config.model_type}`",
+        )
+    return {
+        "layers_to_transform": list(range(len(blocks) - layers, len(blocks))),
+        "layers_pattern": path.rsplit(".", 1)[-1],  # "layer" (BERT), "layers" (Llama), "h"
+    }
 
 
 def find_output_layer(model: Any) -> tuple[str, torch.nn.Linear]:

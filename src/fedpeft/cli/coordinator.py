@@ -63,7 +63,9 @@ def serve(
     error_feedback: bool | None = typer.Option(
         None, "--error-feedback/--no-error-feedback", help="clients carry what compression dropped"
     ),
-    downlink: str | None = typer.Option(None, "--downlink", help="dense or compeft"),
+    downlink: str | None = typer.Option(
+        None, "--downlink", help="auto, dense, compeft or chain (see codec.downlink)"
+    ),
     insecure_localhost: bool = typer.Option(
         False, "--insecure-localhost", help="plaintext, allowed on 127.0.0.1 only"
     ),

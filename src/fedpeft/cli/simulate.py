@@ -147,7 +147,9 @@ def simulate(
     scale: str | None = typer.Option(
         None, "--scale", help="compeft scale: mean_abs (least squares), norm, alpha_std"
     ),
-    downlink: str | None = typer.Option(None, "--downlink", help="dense or compeft"),
+    downlink: str | None = typer.Option(
+        None, "--downlink", help="auto, dense, compeft or chain (see codec.downlink)"
+    ),
     adapter: str | None = typer.Option(
         None, "--adapter", help="lora (default) or offsite (Offsite-Tuning; needs --emulator)"
     ),

@@ -26,7 +26,14 @@ from fedpeft.compression import FULL_WEIGHTS_CODEC
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
 from fedpeft.training.encode import EncodedData, encode
-from fedpeft.training.loop import evaluate, model_device, train_local
+from fedpeft.training.loop import (
+    EvalSums,
+    evaluate_sums,
+    finish_eval,
+    model_device,
+    train_local,
+)
+from fedpeft.training.prefix import PrefixCache, prefix_cache_for
 from fedpeft.training.setup import build_adapted_model, load_job_data, set_threads
 
 log = logging.getLogger(__name__)
@@ -63,8 +70,12 @@ class LoraClientApp:
         self.train_data: EncodedData = encode(
             self.adapted.tokenizer, data.train, cfg.data.max_length
         )
+        # lora.layers > 0: the frozen blocks below the adapter run once per example of
+        # train_data, shared by every virtual client of this process (None: whole model)
+        self.prefix = prefix_cache_for(self.model, self.train_data, cfg)
         self._eval_source = data.eval
         self._eval_data: EncodedData | None = None
+        self._eval_prefix: PrefixCache | None = None
         self.uplink = uplink_codec(cfg.codec)
         self.downlink = downlink_codec(cfg.codec)
         self.mods: list[UpdateMod] = [reject_nonfinite, *(mods or [])]
@@ -81,12 +92,13 @@ class LoraClientApp:
             return self.secagg_stage(task)
         start = time.perf_counter()
         try:
-            held = apply_downlink(self.downlink, task)
+            held = apply_downlink(self.downlink, task, self.initial)
             load_trainable_state(self.model, held, source=task.client_id)
             shard = self._shard(task)
             train_cfg = self.cfg.train
             if "lr" in task.config:  # the coordinator's round schedule
                 train_cfg = dataclasses.replace(train_cfg, lr=float(task.config["lr"]))
+            hits = self.prefix.hits if self.prefix is not None else 0
             stats = train_local(
                 self.model,
                 shard,
@@ -94,6 +106,7 @@ class LoraClientApp:
                 seed=task.seed,
                 proximal_mu=float(task.config.get("proximal_mu", 0.0)),
                 logit_adjustment=float(task.config.get("logit_adjustment", 0.0)),
+                prefix=self.prefix,
             )
             local = to_numpy(trainable_state(self.model))
             delta = {k: (local[k] - held[k]).astype(np.float32) for k in held}
@@ -118,6 +131,8 @@ class LoraClientApp:
             "overhead_seconds": elapsed - stats.seconds,
             **ctx.info,
         }
+        if self.prefix is not None:  # share of examples whose frozen blocks were cached
+            metrics["prefix_hit_rate"] = (self.prefix.hits - hits) / max(1, stats.examples)
         return TrainResult(
             task.round,
             task.client_id,
@@ -147,7 +162,7 @@ class LoraClientApp:
         Sums of the client's data, no examples; dense fp32 on the wire."""
         start = time.perf_counter()
         try:
-            params = apply_downlink(self.downlink, task)
+            params = apply_downlink(self.downlink, task, self.initial)
             load_trainable_state(self.model, params, source=task.client_id)
             shard = self._shard(task)
             if shard.labels is None:
@@ -185,11 +200,30 @@ class LoraClientApp:
         )
 
     def evaluate(self, params: Tensors) -> dict[str, float]:
+        sums = self._evaluate_sums(params, 0, 1)
+        return {} if sums is None else finish_eval([sums])
+
+    def evaluate_part(self, params: Tensors, part: int, parts: int) -> EvalSums | None:
+        """Slice ``part`` of ``parts`` of the evaluation set (alike lengths in every
+        slice): a backend with several workers has each evaluate one slice at once and
+        adds the sums (:func:`fedpeft.training.loop.finish_eval`). None without eval data."""
+        return self._evaluate_sums(params, part, parts)
+
+    def _evaluate_sums(self, params: Tensors, part: int, parts: int) -> EvalSums | None:
         if self._eval_source is None:
-            return {}
+            return None
         if self._eval_data is None:
             self._eval_data = encode(
                 self.adapted.tokenizer, self._eval_source, self.cfg.data.max_length
             )
+            # the evaluation set never changes either: its frozen blocks run once per run
+            self._eval_prefix = prefix_cache_for(self.model, self._eval_data, self.cfg)
         load_trainable_state(self.model, params)
-        return evaluate(self.model, self._eval_data, self.cfg.train.eval_batch_size)
+        return evaluate_sums(
+            self.model,
+            self._eval_data,
+            self.cfg.train.eval_batch_size,
+            part=part,
+            parts=parts,
+            prefix=self._eval_prefix,
+        )

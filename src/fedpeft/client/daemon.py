@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
+from fedpeft.compression.chain import is_chain
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
 from fedpeft.errors import ConfigError, FedPeftError
@@ -482,7 +483,8 @@ class ClientDaemon:
         held = None
         if wt.downlink_is_delta:
             held = self.state.held(wt.base_version)
-            if held is None:
+            # a chain from version 0 starts at the initial adapter the app builds itself
+            if held is None and not (wt.base_version == 0 and is_chain(downlink)):
                 return fail(f"{STATE_MISMATCH}: no held adapter of version {wt.base_version}")
         task = TrainTask(
             round=wt.round,

@@ -47,6 +47,11 @@ class OffsiteClientApp(LoraClientApp):
             self._plugin = build_plugin_model(self.cfg, self.adapted.task, self.adapted.label_names)
         return self._plugin
 
+    def evaluate_part(self, params: Tensors, part: int, parts: int) -> None:
+        """Not split: plug-in evaluation needs the full backbone, which only the
+        evaluating worker loads (the backend then evaluates on one worker)."""
+        return None
+
     def evaluate(self, params: Tensors) -> dict[str, float]:
         emulator = super().evaluate(params)  # the adapter on the emulator
         if not emulator or self._eval_data is None:

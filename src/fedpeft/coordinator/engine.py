@@ -25,6 +25,7 @@ import numpy as np
 from fedpeft.aggregation import AggregateStats, ClientUpdate, Strategy, weighted_metrics
 from fedpeft.aggregation import calibration as ccvr
 from fedpeft.compression import FULL_WEIGHTS_CODEC, Codec, check_compatible
+from fedpeft.compression.chain import add_delta, decode_chain, encode_chain, params_digest
 from fedpeft.config import CALIBRATIONS
 from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
 from fedpeft.coordinator.sampling import ClientSampler
@@ -86,6 +87,12 @@ class EngineState:
     # classifier calibration (CCVR) of the output layer, valid for round ``calibrated_round``
     calibrated: Tensors | None = None
     calibrated_round: int = -1
+    # chain downlink: history[v] brings the global adapter from version v to v + 1 (b""
+    # for a failed round: no change); the server error-feedback residual; the initial
+    # adapter's digest (version 0, which clients build themselves)
+    history: list[bytes] = field(default_factory=list)
+    server_residual: Tensors | None = None
+    init_digest: bytes = b""
 
 
 class RoundEngine:
@@ -110,6 +117,7 @@ class RoundEngine:
         hooks: EngineHooks | None = None,
         secure: SecureRound | None = None,
         privacy: DpController | None = None,
+        chain_downlink: bool = False,
     ) -> None:
         self.backend = backend
         self.strategy = strategy
@@ -152,11 +160,18 @@ class RoundEngine:
         # Only a compressing downlink sends deltas; then the engine must know exactly what
         # each client holds (its reconstruction), which costs one adapter per client.
         self.delta_downlink = downlink.name != "dense"
+        # the chain downlink (fedpeft.compression.chain): each round's change compressed
+        # once with server error feedback; the global adapter is the sum of those deltas
+        self.chain_downlink = chain_downlink
+        if chain_downlink and not self.delta_downlink:
+            raise ValueError("a chain downlink needs a compressing downlink codec")
         self._full_cache: tuple[int, bytes] | None = None
 
     # ---- set-up and resume -------------------------------------------------------------
     def start_fresh(self) -> dict[str, float]:
         self.state = EngineState(params=self.backend.initial_state())
+        if self.chain_downlink:
+            self.state.init_digest = params_digest(self.state.params)
         self.shapes = {k: v.shape for k, v in self.state.params.items()}
         initial = self.backend.evaluate(self.state.params)
         self.save_checkpoint()
@@ -170,7 +185,9 @@ class RoundEngine:
     # ---- one round ---------------------------------------------------------------------
     def make_task(self, round_num: int, client_id: int) -> TrainTask:
         state = self.state.clients.get(client_id, ClientState())
-        if state.held is None or not self.delta_downlink:
+        if self.chain_downlink:
+            downlink, is_delta, state = self._chain_downlink(round_num, state)
+        elif state.held is None or not self.delta_downlink:
             # First contact, or a dense downlink (a dense delta is as large as the weights):
             # full weights, dense fp32 — encoded once per round, the same bytes for all.
             downlink, is_delta = self._full_weights(round_num), False
@@ -192,6 +209,49 @@ class RoundEngine:
                 **({"dp_clip": self.privacy.clip} if self.privacy is not None else {}),
             },
         )
+
+    def _chain_downlink(
+        self, round_num: int, state: ClientState
+    ) -> tuple[bytes, bool, ClientState]:
+        """The deltas from the version the client holds (0, the initial adapter it builds
+        itself, on first contact) to the current one — or the full fp32 weights when
+        those are smaller (a long-absent client)."""
+        base = state.version if state.held is not None else 0
+        deltas = [d for d in self.state.history[base : round_num - 1] if d]
+        payload = encode_chain(base, self.state.init_digest, deltas)
+        full = self._full_weights(round_num)
+        if len(payload) >= len(full):
+            return full, False, state
+        if state.held is None:
+            state = ClientState(version=0, held=None, residual=state.residual)
+        return payload, True, state
+
+    def _broadcast(self, target: Tensors, record: dict[str, Any]) -> Tensors:
+        """Chain downlink: move the global adapter toward the strategy's ``target`` by one
+        compressed delta, keeping what compression dropped for the next round (server
+        error feedback). Every client applies exactly this delta, so the new global
+        adapter is bit-identical to every client's copy of it."""
+        current = self.state.params
+        residual = self.state.server_residual or {}
+        want = {
+            k: (target[k] - current[k] + residual.get(k, 0.0)).astype(np.float32) for k in current
+        }
+        encoded = self.downlink.encode(want)
+        sent = self.downlink.decode(encoded)
+        self.state.server_residual = {k: (want[k] - sent[k]).astype(np.float32) for k in want}
+        self.state.history.append(encoded)
+        record["downlink_delta_bytes"] = len(encoded)
+        want_norm = math.sqrt(
+            sum(float(np.square(v, dtype=np.float64).sum()) for v in want.values())
+        )
+        left = math.sqrt(
+            sum(
+                float(np.square(v, dtype=np.float64).sum())
+                for v in self.state.server_residual.values()
+            )
+        )
+        record["server_residual_ratio"] = left / want_norm if want_norm > 0 else 0.0
+        return add_delta(current, sent)
 
     def _full_weights(self, round_num: int) -> bytes:
         if self._full_cache is None or self._full_cache[0] != round_num:
@@ -232,11 +292,15 @@ class RoundEngine:
         else:
             record, new_params = self._plain_round(round_num, tasks)
         if new_params is not None:
+            if self.chain_downlink:
+                new_params = self._broadcast(new_params, record)
             self.state.params = new_params
             self._update_ema()
             record.update(self.strategy.train_metrics())
         else:
             log.warning("round %d failed: %s", round_num, record["round_failed"])
+            if self.chain_downlink:
+                self.state.history.append(b"")  # version round_num == version round_num - 1
         if self.privacy is not None:
             # the ledger is durable before this round's adapter is evaluated, checkpointed
             # or exported: a crash from here on can only over-count epsilon
@@ -524,6 +588,14 @@ class RoundEngine:
             "client_versions": versions,
             "calibrated_round": self.state.calibrated_round,
         }
+        if self.chain_downlink:
+            meta["init_digest"] = self.state.init_digest.hex()
+            atomic_write_bytes(tmp / "chain.bin", encode_chain(0, bytes(16), self.state.history))
+            if self.state.server_residual is not None:
+                save_file(
+                    _contiguous(self.state.server_residual),
+                    str(tmp / "server_residual.safetensors"),
+                )
         atomic_write_bytes(tmp / "engine.json", json.dumps(meta).encode())
         old = self.run_dir.path / f".{CHECKPOINT_DIR}.old"
         if final.exists():
@@ -573,6 +645,17 @@ class RoundEngine:
             ),
             calibrated_round=int(meta.get("calibrated_round", -1)),
         )
+        if self.chain_downlink:
+            chain_file, residual_file = folder / "chain.bin", folder / "server_residual.safetensors"
+            if not chain_file.is_file() or "init_digest" not in meta:
+                raise FedPeftError(
+                    f"{folder} was not written with codec.downlink = chain; resume it with the "
+                    "downlink it was started with"
+                )
+            self.state.history = decode_chain(chain_file.read_bytes()).deltas
+            self.state.init_digest = bytes.fromhex(meta["init_digest"])
+            if residual_file.is_file():
+                self.state.server_residual = dict(load_file(str(residual_file)))
         self.shapes = {k: v.shape for k, v in params.items()}
 
 

@@ -82,9 +82,17 @@ class GrpcBackend:
         self.app = app
         self.downlink = downlink
         self.round_timeout = round_timeout
+        self._initial: Tensors | None = None
 
     def initial_state(self) -> Tensors:
         return self.app.initial_state()
+
+    def _reconstruct(self, task: TrainTask) -> Tensors:
+        """What the client holds after applying ``task``'s downlink (a chain from version
+        0 starts at the initial adapter, which the client builds itself)."""
+        if self._initial is None:
+            self._initial = self.app.initial_state()
+        return apply_downlink(self.downlink, task, self._initial)
 
     def evaluate(self, params: Tensors) -> dict[str, float]:
         return self.app.evaluate(params)
@@ -165,7 +173,7 @@ class GrpcBackend:
         )
         full = dataclasses.replace(
             task,
-            downlink=FULL_WEIGHTS_CODEC.encode(apply_downlink(self.downlink, task)),
+            downlink=FULL_WEIGHTS_CODEC.encode(self._reconstruct(task)),
             downlink_is_delta=False,
         )
         self.fleet.withdraw(pending.wire.task_id)
@@ -174,7 +182,7 @@ class GrpcBackend:
     def _complete(self, task: TrainTask, result: TrainResult) -> TrainResult:
         """The result as the engine expects it: with the state the client now holds."""
         if task.kind == "train" and result.ok:
-            held = apply_downlink(self.downlink, task) if self.downlink.name != "dense" else None
+            held = self._reconstruct(task) if self.downlink.name != "dense" else None
             result.state = ClientState(version=task.version, held=held, residual=None)
         return result
 

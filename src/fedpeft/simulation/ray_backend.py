@@ -21,10 +21,15 @@ from fedpeft.errors import OptionalDependencyMissing
 
 if TYPE_CHECKING:  # workers should not import torch unless their client app needs it
     from fedpeft.client.app import ClientApp
+    from fedpeft.training.loop import EvalSums
 
 log = logging.getLogger(__name__)
 
 CHUNKS_PER_WORKER = 4  # per round: amortise Ray round trips, keep load balanced
+
+
+def _task_size(task: TrainTask) -> int:
+    return 0 if task.indices is None else len(task.indices)
 
 
 def require_ray() -> Any:
@@ -53,6 +58,11 @@ class _Worker:
 
     def evaluate(self, params: Tensors) -> dict[str, float]:
         return self.app.evaluate(params)
+
+    def evaluate_part(self, params: Tensors, part: int, parts: int) -> EvalSums | None:
+        """One slice of the evaluation set, or None when the app cannot split it."""
+        split = getattr(self.app, "evaluate_part", None)
+        return None if split is None else split(params, part, parts)  # type: ignore[no-any-return]
 
 
 class RayBackend:
@@ -112,7 +122,12 @@ class RayBackend:
         if any(t.kind.startswith("secagg_") or t.secagg for t in tasks):
             return self._run_pinned(tasks, on_result)
         per_chunk = max(1, math.ceil(len(tasks) / (len(self.actors) * CHUNKS_PER_WORKER)))
-        queue = [list(tasks[i : i + per_chunk]) for i in range(0, len(tasks), per_chunk)]
+        # Longest first (LPT): the big shards start at once and the small ones fill the
+        # gaps, so no worker idles through the round's tail while another finishes a
+        # large client (Dirichlet shards differ in size by 10x). Results are aggregated
+        # in client order by the engine, so the order here changes no number.
+        ordered = sorted(tasks, key=_task_size, reverse=True)
+        queue = [list(ordered[i : i + per_chunk]) for i in range(0, len(ordered), per_chunk)]
         attempts = {t.client_id: 0 for t in tasks}
         idle = list(range(len(self.actors)))
         running: dict[Any, tuple[int, list[TrainTask]]] = {}
@@ -205,7 +220,18 @@ class RayBackend:
         return results
 
     def evaluate(self, params: Tensors) -> dict[str, float]:
-        return self.ray.get(self.actors[0].evaluate.remote(params))  # type: ignore[no-any-return]
+        """Every worker evaluates one slice of the evaluation set at once, so evaluation
+        uses all the workers' CPUs (one worker alone, with one CPU, left the rest idle
+        between rounds); the sums add up to exactly the whole set's metrics. Apps that
+        cannot split their evaluation run it whole on the first worker."""
+        from fedpeft.training.loop import finish_eval
+
+        ref = self.ray.put(params)  # one copy in the object store for every worker
+        n = len(self.actors)
+        parts = self.ray.get([a.evaluate_part.remote(ref, i, n) for i, a in enumerate(self.actors)])
+        if any(p is None for p in parts):
+            return self.ray.get(self.actors[0].evaluate.remote(ref))  # type: ignore[no-any-return]
+        return finish_eval(parts)
 
     def shutdown(self) -> None:
         for actor in self.actors:

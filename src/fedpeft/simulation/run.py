@@ -103,6 +103,7 @@ def engine_settings(cfg: JobConfig) -> dict[str, Any]:
         "strategy": make_strategy(fed),
         "uplink": uplink_codec(cfg.codec),
         "downlink": downlink_codec(cfg.codec),
+        "chain_downlink": cfg.codec.downlink_mode == "chain",
         "rounds": fed.rounds,
         "seed": cfg.train.seed,
         "eval_every": fed.eval_every,

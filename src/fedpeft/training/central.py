@@ -11,6 +11,7 @@ from fedpeft.config import JobConfig
 from fedpeft.rundir import RunDir
 from fedpeft.training.encode import encode
 from fedpeft.training.loop import evaluate, planned_steps, train_local
+from fedpeft.training.prefix import prefix_cache_for
 from fedpeft.training.setup import build_adapted_model, load_job_data, set_threads
 
 
@@ -43,7 +44,14 @@ def run_central(
             on_step(step, total, loss)
 
     start = time.perf_counter()
-    stats = train_local(adapted.model, train_enc, cfg.train, seed=cfg.train.seed, on_step=step_hook)
+    stats = train_local(
+        adapted.model,
+        train_enc,
+        cfg.train,
+        seed=cfg.train.seed,
+        on_step=step_hook,
+        prefix=prefix_cache_for(adapted.model, train_enc, cfg),  # None unless lora.layers > 0
+    )
     record = {
         **record,
         "step": stats.steps,

@@ -29,6 +29,10 @@ class EncodedData:
     labels: torch.Tensor | None  # classification: (n,) int64
     targets: list[torch.Tensor] | None  # causal LM: per example, IGNORE_INDEX on the prompt
     pad_id: int
+    # where each example sits in the dataset this one was cut from (:meth:`subset`), so a
+    # virtual client's shard can name its examples by their place in the worker's whole
+    # training set (the prefix cache's keys); None: 0..n-1, this is the whole set
+    origin: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -37,6 +41,10 @@ class EncodedData:
     def is_causal(self) -> bool:
         return self.targets is not None
 
+    def global_indices(self) -> list[int]:
+        """Each example's index in the dataset :meth:`subset` was first called on."""
+        return list(self.origin) if self.origin is not None else list(range(len(self)))
+
     def subset(self, idx: Sequence[int] | np.ndarray) -> EncodedData:
         idx = [int(i) for i in idx]
         return EncodedData(
@@ -44,6 +52,7 @@ class EncodedData:
             self.labels[idx] if self.labels is not None else None,
             [self.targets[i] for i in idx] if self.targets is not None else None,
             self.pad_id,
+            tuple(self.origin[i] for i in idx) if self.origin is not None else tuple(idx),
         )
 
     def batch(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -66,14 +75,22 @@ class EncodedData:
             out["labels"] = self.labels[list(idx)]
         return out
 
+    def batch_indices(
+        self, batch_size: int, *, generator: torch.Generator | None = None
+    ) -> Iterator[list[int]]:
+        """The examples of each batch of one pass, shuffled (``generator`` given) or in
+        file order."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator).tolist() if generator else list(range(n))
+        for start in range(0, n, batch_size):
+            yield order[start : start + batch_size]
+
     def batches(
         self, batch_size: int, *, generator: torch.Generator | None = None
     ) -> Iterator[dict[str, torch.Tensor]]:
         """One pass in shuffled (``generator`` given) or file order."""
-        n = len(self)
-        order = torch.randperm(n, generator=generator).tolist() if generator else list(range(n))
-        for start in range(0, n, batch_size):
-            yield self.batch(order[start : start + batch_size])
+        for idx in self.batch_indices(batch_size, generator=generator):
+            yield self.batch(idx)
 
 
 _CACHE: OrderedDict[str, EncodedData] = OrderedDict()

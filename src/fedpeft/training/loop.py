@@ -2,8 +2,9 @@
 
 Read it top to bottom: seed, optimizer over the trainable (adapter) parameters only,
 warm-up + decay schedule, gradient accumulation and clipping, an optional FedProx term.
-What costs time is the forward/backward through the frozen backbone; everything else
-here is bookkeeping.
+What costs time is the forward/backward through the frozen backbone (with LoRA in the top
+blocks only, a prefix cache runs the frozen blocks below once per example:
+:mod:`fedpeft.training.prefix`); everything else here is bookkeeping.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from fedpeft.config import TrainConfig
 from fedpeft.training.encode import IGNORE_INDEX, EncodedData
+
+if TYPE_CHECKING:
+    from fedpeft.training.prefix import PrefixCache
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ def train_local(
     proximal_mu: float = 0.0,
     logit_adjustment: float = 0.0,
     on_step: Callable[[int, int, float], None] | None = None,
+    prefix: PrefixCache | None = None,
 ) -> TrainStats:
     """Train the trainable parameters of ``model`` on ``data``; returns what was done.
 
@@ -92,7 +98,13 @@ def train_local(
     the logit-adjusted loss of Menon et al. 2021 that FedLC (Zhang et al. 2022) uses
     against label-skewed clients; a client then stops pushing its own majority class.
     Evaluation uses the plain logits.
+    With a ``prefix`` cache (classification; built on the dataset ``data`` was cut from,
+    see :meth:`EncodedData.global_indices`) the frozen lower blocks run once per example
+    and each step runs the top blocks and the head only; the loss is the same
+    cross-entropy, but the frozen blocks apply no dropout (:mod:`fedpeft.training.prefix`).
     """
+    if prefix is not None and (prefix.model is not model or data.labels is None):
+        raise ValueError("a prefix cache needs classification data and its own model")
     start = time.perf_counter()
     torch.manual_seed(seed)  # dropout
     generator = torch.Generator().manual_seed(seed)  # data order
@@ -110,16 +122,23 @@ def train_local(
 
     model.train()
     optimizer.zero_grad(set_to_none=True)  # gradients left on the model are not ours to add
+    keys = data.global_indices() if prefix is not None else []
     step = micro = examples = 0
     loss_sum = 0.0
     while step < total:
-        for batch in data.batches(cfg.batch_size, generator=generator):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            if log_prior is None:
+        for idx in data.batch_indices(cfg.batch_size, generator=generator):
+            batch = {k: v.to(device) for k, v in data.batch(idx).items()}
+            if prefix is None and log_prior is None:
                 loss = model(**batch).loss  # forward + loss: most of the time goes here
             else:
-                inputs = {k: v for k, v in batch.items() if k != "labels"}
-                logits = model(**inputs).logits + logit_adjustment * log_prior
+                if prefix is not None:  # cached frozen blocks; the top ones and the head run
+                    ids = [data.input_ids[i] for i in idx]
+                    logits = prefix.logits([keys[i] for i in idx], ids)
+                else:
+                    inputs = {k: v for k, v in batch.items() if k != "labels"}
+                    logits = model(**inputs).logits
+                if log_prior is not None:
+                    logits = logits + logit_adjustment * log_prior
                 loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
@@ -144,15 +163,61 @@ def train_local(
     return TrainStats(step, examples, loss_sum / max(1, micro), time.perf_counter() - start)
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, data: EncodedData, batch_size: int = 64) -> dict[str, float]:
-    """Classification: accuracy, macro-F1, loss. Causal LM: loss and perplexity."""
+@dataclass
+class EvalSums:
+    """What one slice of an evaluation set contributes: sums that add up exactly across
+    slices, so several workers can each evaluate a part (see :func:`finish_eval`)."""
+
+    loss_sum: float = 0.0
+    count: float = 0.0  # examples (classification) or target tokens (causal LM)
+    pred: list[int] = field(default_factory=list)  # classification only
+    gold: list[int] = field(default_factory=list)
+    causal: bool = False
+
+
+def eval_order(data: EncodedData, part: int = 0, parts: int = 1) -> list[int]:
+    """Examples sorted by length (batches then pad little: about half the padded tokens
+    of file order on SST-2), dealt round-robin into ``parts`` slices of alike lengths."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part must be in [0, {parts}), got {part}")
+    order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
+    return order[part::parts]
+
+
+@torch.inference_mode()
+def evaluate_sums(
+    model: torch.nn.Module,
+    data: EncodedData,
+    batch_size: int = 64,
+    *,
+    part: int = 0,
+    parts: int = 1,
+    prefix: PrefixCache | None = None,
+) -> EvalSums:
+    """Evaluate slice ``part`` of ``parts`` of ``data`` (see :func:`eval_order`).
+
+    With a ``prefix`` cache built on ``data`` (classification, LoRA in the top blocks
+    only) the frozen blocks run once per example for the whole run: every later
+    evaluation runs the top blocks and the head only."""
     model.eval()
     device = model_device(model)
-    if data.is_causal:
-        nll = tokens = 0.0
-        for batch in data.batches(batch_size):
-            batch = {k: v.to(device) for k, v in batch.items()}
+    order = eval_order(data, part, parts)
+    sums = EvalSums(causal=data.is_causal)
+    keys = data.global_indices() if prefix is not None else []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = data.batch(idx)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if prefix is not None and not data.is_causal:
+            logits = prefix.logits([keys[i] for i in idx], [data.input_ids[i] for i in idx])
+            loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+            n = batch["labels"].shape[0]
+            sums.loss_sum += float(loss) * n
+            sums.count += n
+            sums.pred.extend(logits.argmax(-1).cpu().tolist())
+            sums.gold.extend(batch["labels"].cpu().tolist())
+            continue
+        if data.is_causal:
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits
@@ -164,25 +229,41 @@ def evaluate(model: torch.nn.Module, data: EncodedData, batch_size: int = 64) ->
                 ignore_index=IGNORE_INDEX,
                 reduction="sum",
             )
-            nll += float(loss)
-            tokens += float((shift_labels != IGNORE_INDEX).sum())
-        mean = nll / max(tokens, 1.0)
-        return {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50.0))}
-
-    preds, golds, loss_sum = [], [], 0.0
-    for batch in data.batches(batch_size):
-        batch = {k: v.to(device) for k, v in batch.items()}
+            sums.loss_sum += float(loss)
+            sums.count += float((shift_labels != IGNORE_INDEX).sum())
+            continue
         out = model(**batch)
-        loss_sum += float(out.loss) * batch["labels"].shape[0]
-        preds.append(out.logits.argmax(-1).cpu())
-        golds.append(batch["labels"].cpu())
-    pred = torch.cat(preds)
-    gold = torch.cat(golds)
+        n = batch["labels"].shape[0]
+        sums.loss_sum += float(out.loss) * n
+        sums.count += n
+        sums.pred.extend(out.logits.argmax(-1).cpu().tolist())
+        sums.gold.extend(batch["labels"].cpu().tolist())
+    return sums
+
+
+def finish_eval(parts: list[EvalSums]) -> dict[str, float]:
+    """Classification: accuracy, macro-F1, loss. Causal LM: loss and perplexity."""
+    if not parts:
+        return {}
+    loss_sum = sum(p.loss_sum for p in parts)
+    count = sum(p.count for p in parts)
+    if parts[0].causal:
+        mean = loss_sum / max(count, 1.0)
+        return {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50.0))}
+    pred = torch.tensor([x for p in parts for x in p.pred], dtype=torch.long)
+    gold = torch.tensor([x for p in parts for x in p.gold], dtype=torch.long)
+    if len(gold) == 0:
+        return {}
     return {
         "eval_loss": loss_sum / len(gold),
         "eval_accuracy": float((pred == gold).float().mean()),
         "eval_macro_f1": macro_f1(pred, gold),
     }
+
+
+def evaluate(model: torch.nn.Module, data: EncodedData, batch_size: int = 64) -> dict[str, float]:
+    """Classification: accuracy, macro-F1, loss. Causal LM: loss and perplexity."""
+    return finish_eval([evaluate_sums(model, data, batch_size)])
 
 
 def macro_f1(pred: torch.Tensor, gold: torch.Tensor) -> float:
