@@ -417,6 +417,85 @@ def generate(folder: Path = RESULTS) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------- README
+
+README = BENCH.parent / "README.md"
+REALJOB = "realjob_vs_flower.json"
+REALJOB_MARK = ("<!-- realjob -->", "<!-- /realjob -->")
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def realjob_summary(data: Mapping[str, Any]) -> str:
+    """README's performance table: Flower against fedpeft on the real job, averaged over
+    the seeds of ``realjob_vs_flower.json``, ratios against Flower from the same run."""
+    runs = data["runs"]
+    sides = [s for s in ("flower", "dense", "compressed") if any(r["side"] == s for r in runs)]
+
+    def per(side: str, key: str) -> float | None:
+        return _mean(r.get(key) for r in runs if r["side"] == side)
+
+    def last5(side: str) -> float | None:
+        return _mean(
+            sum(r["accuracy"][-5:]) / len(r["accuracy"][-5:]) for r in runs if r["side"] == side
+        )
+
+    def cell(side: str, key: str, unit: Callable[[float], str], ratio: bool = True) -> str:
+        value = last5(side) if key == "last5" else per(side, key)
+        if value is None:
+            return "not reached"
+        text = unit(value)
+        base = per("flower", key)
+        if ratio and side != "flower" and base:
+            r = value / base
+            text += f" ({r:.2f}x)" if r >= 0.2 else f" (1/{1 / r:.1f})"
+        return text
+
+    secs: Callable[[float], str] = lambda v: f"{v:.1f} s"  # noqa: E731
+    mb: Callable[[float], str] = lambda v: f"{v / 1e6:.1f} MB"  # noqa: E731
+    acc: Callable[[float], str] = lambda v: f"{v:.3f}"  # noqa: E731
+    rows = [
+        ("mean round wall (train + eval)", "mean_round_seconds", secs, True),
+        ("time to 0.80 dev accuracy", "time_to_target_s", secs, True),
+        ("rounds to 0.80", "rounds_to_target", lambda v: f"{v:.1f}", False),
+        ("bytes up + down, all rounds", "bytes_total", mb, True),
+        ("bytes to 0.80", "bytes_to_target", mb, True),
+        ("dev accuracy after the last round", "final_accuracy", acc, False),
+        ("mean dev accuracy, last 5 rounds", "last5", acc, False),
+        ("CPU busy (machine-wide)", "cpu_busy", lambda v: f"{v:.0%}", False),
+    ]
+    job = data["job"]
+    loads = [r["load_before"][0] for r in runs if r.get("load_before")]
+    names = {"flower": "Flower 1.41", "dense": "fedpeft dense", "compressed": "fedpeft fast"}
+    lines = [
+        f"MiniLM + LoRA on SST-2 over {job['clients']} clients (Dirichlet 0.5), "
+        f"{job['clients_per_round']} per round, {job['rounds']} rounds, seeds "
+        f"{', '.join(str(s) for s in job['seeds'])}; the same shards and cohorts on both "
+        "sides, every round evaluated on all 872 dev sentences; "
+        f"load average {min(loads):.1f}–{max(loads):.1f} before the runs "
+        f"(`bench/results/{REALJOB}`; ratios against Flower in brackets):",
+        "",
+        "| | " + " | ".join(names[s] for s in sides) + " |",
+        "| --- |" + " --- |" * len(sides),
+    ]
+    for label, key, unit, ratio in rows:
+        lines.append(f"| {label} | " + " | ".join(cell(s, key, unit, ratio) for s in sides) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_text(results: Mapping[str, Any], current: str) -> str:
+    """README with its generated block replaced (unchanged without the result file)."""
+    start, end = REALJOB_MARK
+    if REALJOB not in results or start not in current:
+        return current
+    head, rest = current.split(start, 1)
+    _old, tail = rest.split(end, 1)
+    return f"{head}{start}\n{realjob_summary(results[REALJOB])}{end}{tail}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when the page is stale")
@@ -428,14 +507,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.stdout:
         sys.stdout.write(text)
         return 0
+    readme = README.read_text(encoding="utf-8")
+    fresh_readme = readme_text(load_results(args.results), readme)
     if args.check:
         current = args.output.read_text(encoding="utf-8") if args.output.is_file() else ""
-        if current != text:
-            print(f"{args.output} is stale: run python bench/report.py", file=sys.stderr)
+        if current != text or readme != fresh_readme:
+            print(
+                "docs/benchmarks.md or README is stale: run python bench/report.py", file=sys.stderr
+            )
             return 1
         return 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
+    if readme != fresh_readme:
+        README.write_text(fresh_readme, encoding="utf-8")
     print(f"wrote {args.output} ({len(text.splitlines())} lines)")
     return 0
 

@@ -193,7 +193,8 @@ class DataConfig:
     max_length: int = field(default=64, metadata=_help("tokens per example (truncation)"))
     max_train_examples: int | None = field(default=None, metadata=_help("cap on training examples"))
     max_eval_examples: int | None = field(
-        default=None, metadata=_help("cap on held-out examples (evaluation cost)")
+        default=None,
+        metadata=_help("cap on held-out examples (evaluation cost); 0 or unset: no cap"),
     )
 
     def __post_init__(self) -> None:
@@ -209,10 +210,16 @@ class DataConfig:
             raise ConfigError(
                 "data.max_length", f"must be a positive integer, got {self.max_length!r}"
             )
-        for name in ("max_train_examples", "max_eval_examples"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ConfigError(f"data.{name}", f"must be a positive integer, got {value!r}")
+        value = self.max_train_examples
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise ConfigError(
+                "data.max_train_examples", f"must be a positive integer, got {value!r}"
+            )
+        value = self.max_eval_examples
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(
+                "data.max_eval_examples", f"must be an integer >= 0 (0: no cap), got {value!r}"
+            )
 
 
 @dataclass

@@ -43,6 +43,15 @@ def test_benchmarks_page_is_current() -> None:
     assert report.main(["--check"]) == 0
 
 
+def test_readme_performance_table_is_the_real_job_bench() -> None:
+    """README's Flower comparison is generated from realjob_vs_flower.json."""
+    text = README.read_text()
+    assert report.REALJOB_MARK[0] in text and report.REALJOB_MARK[1] in text
+    assert report.readme_text(report.load_results(RESULTS), text) == text, (
+        "README's performance table is stale: run `python bench/report.py`"
+    )
+
+
 def test_generator_handles_files_it_does_not_know(tmp_path: Path) -> None:
     (tmp_path / "secagg_round.json").write_text(
         json.dumps(

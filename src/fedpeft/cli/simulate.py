@@ -232,8 +232,8 @@ def simulate(
     cap = cfg.data.max_eval_examples
     console.print(
         f"evaluating on the first {cap} held-out examples (data.max_eval_examples; "
-        "--max-eval-examples to change)"
-        if cap is not None
+        "--max-eval-examples to change, 0 for all)"
+        if cap
         else "evaluating on every held-out example"
     )
     tb = ScalarLogger(tensorboard) if tensorboard is not None else None

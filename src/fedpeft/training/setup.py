@@ -61,7 +61,7 @@ def load_job_data(cfg: JobConfig) -> JobData:
             label_column=d.label_column,
             header=None if d.header == "auto" else bool(d.header),
             label_names=train.label_names if isinstance(train, ClassificationData) else None,
-            max_examples=d.max_eval_examples,
+            max_examples=d.max_eval_examples or None,  # 0: no cap
         )
         if type(eval_data) is not type(train):
             raise ConfigError(
