@@ -9,8 +9,8 @@ Usage (from the repository root)::
     .venv/bin/python bench/dp_accuracy.py --plot-only
 
 Job: all-MiniLM-L6-v2 on SST-2 train (6,920 sentences; ``../shared/data/sst2``), 1,000
-clients (iid, about 7 sentences each), 100 per round (fixed-size sampling), one local epoch, AdamW lr
-2e-3, evaluated on the 872 dev sentences after the last round; delta = 1e-5.
+clients (iid, about 7 sentences each), 100 per round (fixed-size sampling), one local
+epoch, AdamW lr 2e-3, evaluated on the 872 dev sentences after the last round; delta = 1e-5.
 
 The one focused attempt at good DP settings: the noise on the mean update has norm about
 z · 2C/k · sqrt(D) against a signal of norm at most C, so what helps is fewer trainable

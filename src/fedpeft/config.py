@@ -216,7 +216,8 @@ class DataConfig:
                 "data.max_train_examples", f"must be a positive integer, got {value!r}"
             )
         value = self.max_eval_examples
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        bad = isinstance(value, bool) or not isinstance(value, int) or value < 0
+        if value is not None and bad:
             raise ConfigError(
                 "data.max_eval_examples", f"must be an integer >= 0 (0: no cap), got {value!r}"
             )

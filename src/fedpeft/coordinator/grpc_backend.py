@@ -29,6 +29,7 @@ import numpy as np
 
 from fedpeft.client.codecs import apply_downlink
 from fedpeft.compression import FULL_WEIGHTS_CODEC, Codec
+from fedpeft.compression.chain import is_chain
 from fedpeft.coordinator.handlers import Fleet, PendingTask, result_of
 from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
 
@@ -90,9 +91,11 @@ class GrpcBackend:
     def _reconstruct(self, task: TrainTask) -> Tensors:
         """What the client holds after applying ``task``'s downlink (a chain from version
         0 starts at the initial adapter, which the client builds itself)."""
-        if self._initial is None:
-            self._initial = self.app.initial_state()
-        return apply_downlink(self.downlink, task, self._initial)
+        if task.state.held is None and task.downlink_is_delta and is_chain(task.downlink):
+            if self._initial is None:
+                self._initial = self.app.initial_state()
+            return apply_downlink(self.downlink, task, self._initial)
+        return apply_downlink(self.downlink, task)
 
     def evaluate(self, params: Tensors) -> dict[str, float]:
         return self.app.evaluate(params)
