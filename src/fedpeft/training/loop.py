@@ -208,15 +208,6 @@ def evaluate_sums(
         idx = order[start : start + batch_size]
         batch = data.batch(idx)
         batch = {k: v.to(device) for k, v in batch.items()}
-        if prefix is not None and not data.is_causal:
-            logits = prefix.logits([keys[i] for i in idx], [data.input_ids[i] for i in idx])
-            loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
-            n = batch["labels"].shape[0]
-            sums.loss_sum += float(loss) * n
-            sums.count += n
-            sums.pred.extend(logits.argmax(-1).cpu().tolist())
-            sums.gold.extend(batch["labels"].cpu().tolist())
-            continue
         if data.is_causal:
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
@@ -232,11 +223,16 @@ def evaluate_sums(
             sums.loss_sum += float(loss)
             sums.count += float((shift_labels != IGNORE_INDEX).sum())
             continue
-        out = model(**batch)
+        if prefix is not None:  # cached frozen blocks; the top ones and the head run
+            logits = prefix.logits([keys[i] for i in idx], [data.input_ids[i] for i in idx])
+            loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+        else:
+            out = model(**batch)
+            logits, loss = out.logits, out.loss
         n = batch["labels"].shape[0]
-        sums.loss_sum += float(out.loss) * n
+        sums.loss_sum += float(loss) * n
         sums.count += n
-        sums.pred.extend(out.logits.argmax(-1).cpu().tolist())
+        sums.pred.extend(logits.argmax(-1).cpu().tolist())
         sums.gold.extend(batch["labels"].cpu().tolist())
     return sums
 
