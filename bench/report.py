@@ -429,6 +429,9 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
+TARGET_KEYS = ("time_to_target_s", "rounds_to_target", "bytes_to_target")
+
+
 def realjob_summary(data: Mapping[str, Any]) -> str:
     """README's performance table: Flower against fedpeft on the real job, averaged over
     the seeds of ``realjob_vs_flower.json``, ratios against Flower from the same run."""
@@ -448,6 +451,11 @@ def realjob_summary(data: Mapping[str, Any]) -> str:
         if value is None:
             return "not reached"
         text = unit(value)
+        if key in TARGET_KEYS:  # averaged over the seeds that got there
+            got = sum(r.get(key) is not None for r in runs if r["side"] == side)
+            seeds = sum(r["side"] == side for r in runs)
+            if got < seeds:
+                text += f" [{got} of {seeds} seeds]"
         base = per("flower", key)
         if ratio and side != "flower" and base:
             r = value / base
@@ -483,6 +491,15 @@ def realjob_summary(data: Mapping[str, Any]) -> str:
     ]
     for label, key, unit, ratio in rows:
         lines.append(f"| {label} | " + " | ".join(cell(s, key, unit, ratio) for s in sides) + " |")
+    kept = sorted({r["seed"] for r in runs if r.get("kept_from")})
+    if kept:
+        origin = next(r["kept_from"] for r in runs if r.get("kept_from"))
+        lines += [
+            "",
+            f"Seed(s) {', '.join(map(str, kept))}: all sides run together in an earlier "
+            f"invocation ({origin['file_started']}, commit {str(origin['git_head'])[:7]}), "
+            "kept in the file by `--keep`; the other seeds ran in this one.",
+        ]
     return "\n".join(lines) + "\n"
 
 
