@@ -135,6 +135,30 @@ def test_coordinator_killed_mid_run_resumes_and_daemons_reconnect(
 
 
 @pytest.mark.slow
+def test_daemons_abandon_the_killed_coordinators_task(
+    tiny_text_file: Path, deployment_factory: Callable[..., Deployment]
+) -> None:
+    # long local training: without the heartbeat's task_stale the daemons would finish the
+    # dead coordinator's task before pulling the restarted one's
+    dep = deployment_factory(tiny_text_file, 1, 2, "--local-steps", "3000")
+    first = dep.coordinator()
+    daemons = [dep.daemon(i, 2) for i in range(2)]
+    for i in range(2):
+        dep.wait_for(
+            f"daemon {i} training", lambda i=i: "round 1 train" in dep.log(f"client{i}.log")
+        )
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    second = dep.coordinator()
+    for i in range(2):
+        dep.wait_for(f"daemon {i} abandoning", lambda i=i: "abandoned" in dep.log(f"client{i}.log"))
+    assert "not outstanding" not in dep.log("coordinator.log")  # nothing stale was pushed
+    second.kill()  # the re-issued round's 3000 steps are not this test's business
+    for daemon in daemons:
+        daemon.kill()
+
+
+@pytest.mark.slow
 def test_daemon_killed_mid_round_is_dropped_and_rejoins_as_itself(
     tiny_text_file: Path, deployment_factory: Callable[..., Deployment]
 ) -> None:

@@ -215,6 +215,27 @@ def test_push_rules(fleet: Fleet, port: int, tmp_path: Path) -> None:
     bob.heartbeat()  # and the coordinator keeps serving
 
 
+def test_heartbeat_tells_a_client_its_task_is_stale(
+    fleet: Fleet, port: int, tmp_path: Path
+) -> None:
+    alice, a = enrolled(port, tmp_path)
+    bob, b = enrolled(port, tmp_path)
+    now = time.monotonic()
+    fleet.post(task_for(a), now + 60, now)
+    fleet.post(task_for(b), now + 60, now)
+    ta, tb = alice.pull(1).task, bob.pull(1).task
+    assert ta is not None and tb is not None
+    assert not alice.heartbeat().task_stale  # idle
+    assert not alice.heartbeat(ta.task_id).task_stale  # outstanding and hers
+    assert alice.heartbeat(tb.task_id).task_stale  # Bob's task is not hers to work on
+    assert alice.heartbeat("d9429bf16ede7199").task_stale  # never issued (a restart)
+    fleet.withdraw(tb.task_id)  # the deadline passed
+    assert bob.heartbeat(tb.task_id).task_stale
+    payload = b"\x01" * 100
+    assert alice.push(header(ta, payload), payload)
+    assert alice.heartbeat(ta.task_id).task_stale  # answered: nothing left to work on
+
+
 def test_oversized_message_is_refused(fleet: Fleet, port: int, tmp_path: Path) -> None:
     conn, _ = enrolled(port, tmp_path)
     from fedpeft.protocol import serde

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -81,6 +82,9 @@ class LoraClientApp:
         self.mods: list[UpdateMod] = [reject_nonfinite, *(mods or [])]
         # update → wire (codec, DP clip, secure aggregation; its protocol secrets stay here)
         self.sender = UpdateSender(self.uplink, self.mods, cfg.codec)
+        # called after every optimizer step; a daemon raises from it to abandon a task
+        # its coordinator no longer wants (fedpeft.client.daemon.TaskAbandoned)
+        self.on_step: Callable[[int, int, float], None] | None = None
 
     def initial_state(self) -> Tensors:
         return {k: v.copy() for k, v in self.initial.items()}
@@ -107,6 +111,7 @@ class LoraClientApp:
                 proximal_mu=float(task.config.get("proximal_mu", 0.0)),
                 logit_adjustment=float(task.config.get("logit_adjustment", 0.0)),
                 prefix=self.prefix,
+                on_step=self.on_step,
             )
             local = to_numpy(trainable_state(self.model))
             delta = {k: (local[k] - held[k]).astype(np.float32) for k in held}

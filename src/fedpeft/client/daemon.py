@@ -72,6 +72,10 @@ class DaemonError(FedPeftError):
     """The daemon cannot go on (credential refused, data does not fit the job)."""
 
 
+class TaskAbandoned(Exception):  # deliberately not one of CLIENT_ERRORS
+    """Raised between optimizer steps once a heartbeat said the task is stale."""
+
+
 @dataclass(frozen=True)
 class DaemonOptions:
     coordinator: str
@@ -326,6 +330,9 @@ class ClientDaemon:
         self.client_id = -1
         self.heartbeat_seconds = 5.0
         self.current_task = ""
+        # set by the heartbeat thread when the coordinator says current_task is stale
+        self.abandon = threading.Event()
+        self._task_lock = threading.Lock()  # current_task and abandon change together
         self.app: Any = None
         self.indices: np.ndarray | None = None
         self._delays = backoff_delays(opts.backoff_base, opts.backoff_cap)
@@ -392,6 +399,7 @@ class ClientDaemon:
         if cfg.data.eval is None and cfg.data.train in ("reuters-r8", "reuters-r8:train"):
             pass  # the built-in corpus brings its own test split; harmless here
         self.app = LoraClientApp(cfg, name=f"client-{self.client_id}")
+        self.app.on_step = self._on_step
         job = self.state.job() or {}
         expected = job.get("label_names")
         mine = self.app.adapted.label_names
@@ -412,7 +420,12 @@ class ClientDaemon:
     def _heartbeats(self) -> None:
         while not self.stop.is_set() and not self.over.is_set():
             try:
-                reply = self.conn.heartbeat(self.current_task)
+                sent = self.current_task
+                reply = self.conn.heartbeat(sent)
+                if reply.task_stale and sent:
+                    with self._task_lock:
+                        if sent == self.current_task:
+                            self.abandon.set()
                 if reply.heartbeat_seconds > 0:
                     self.heartbeat_seconds = reply.heartbeat_seconds
                 if reply.run_over:
@@ -461,12 +474,28 @@ class ClientDaemon:
         return 0
 
     def handle(self, wt: wire.WireTask) -> None:
-        self.current_task = wt.task_id
+        with self._task_lock:
+            self.current_task = wt.task_id
+            self.abandon.clear()
         try:
             result = self._train(wt)
             self._push(wt, result)
+        except TaskAbandoned:
+            # nothing saved, nothing pushed: the held adapter and residual stay as they were
+            log.warning(
+                "client %d: round %d %s abandoned: the coordinator no longer expects it "
+                "(restarted, or the round's deadline passed)",
+                self.client_id,
+                wt.round,
+                wt.kind,
+            )
         finally:
-            self.current_task = ""
+            with self._task_lock:
+                self.current_task = ""
+
+    def _on_step(self, step: int, total: int, loss: float) -> None:
+        if self.abandon.is_set():
+            raise TaskAbandoned(f"step {step} of {total}")
 
     def _train(self, wt: wire.WireTask) -> TrainResult:
         fail = lambda why: TrainResult(wt.round, self.client_id, error=why)  # noqa: E731

@@ -364,7 +364,15 @@ def heartbeat(fleet: Fleet, client_id: int, req: wire.HeartbeatRequest) -> wire.
     with fleet.lock:
         if fleet.run_over:
             fleet.told_over.add(client_id)
-        return wire.HeartbeatReply(fleet.run_over, fleet.round, fleet.settings.heartbeat_seconds)
+        # a client still training a task this process never issued (it restarted), or one
+        # withdrawn at its deadline, hears so now rather than when its push is refused
+        pending = fleet.pending.get(req.task_id) if req.task_id else None
+        stale = bool(req.task_id) and (
+            pending is None or pending.task.client_id != client_id or pending.result is not None
+        )
+        return wire.HeartbeatReply(
+            fleet.run_over, fleet.round, fleet.settings.heartbeat_seconds, task_stale=stale
+        )
 
 
 def pull_task(fleet: Fleet, client_id: int) -> wire.PullReply | None:

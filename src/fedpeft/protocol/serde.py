@@ -92,13 +92,16 @@ def heartbeat_request_from_bytes(data: bytes) -> wire.HeartbeatRequest:
 
 def heartbeat_reply_to_bytes(rep: wire.HeartbeatReply) -> bytes:
     return pb.HeartbeatResponse(
-        run_over=rep.run_over, round=rep.round, heartbeat_seconds=rep.heartbeat_seconds
+        run_over=rep.run_over,
+        round=rep.round,
+        heartbeat_seconds=rep.heartbeat_seconds,
+        task_stale=rep.task_stale,
     ).SerializeToString()
 
 
 def heartbeat_reply_from_bytes(data: bytes) -> wire.HeartbeatReply:
     msg = _parse(pb.HeartbeatResponse, data)
-    return wire.HeartbeatReply(msg.run_over, msg.round, msg.heartbeat_seconds)
+    return wire.HeartbeatReply(msg.run_over, msg.round, msg.heartbeat_seconds, msg.task_stale)
 
 
 # ---- PullTask ---------------------------------------------------------------------------

@@ -38,6 +38,7 @@ class HeartbeatReply:
     run_over: bool
     round: int
     heartbeat_seconds: float
+    task_stale: bool = False  # the task named in the request is not outstanding
 
 
 @dataclass(frozen=True)

@@ -40,14 +40,16 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("run_over", "round", "heartbeat_seconds")
+    __slots__ = ("run_over", "round", "heartbeat_seconds", "task_stale")
     RUN_OVER_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TASK_STALE_FIELD_NUMBER: _ClassVar[int]
     run_over: bool
     round: int
     heartbeat_seconds: float
-    def __init__(self, run_over: _Optional[bool] = ..., round: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ...) -> None: ...
+    task_stale: bool
+    def __init__(self, run_over: _Optional[bool] = ..., round: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ..., task_stale: _Optional[bool] = ...) -> None: ...
 
 class PullTaskRequest(_message.Message):
     __slots__ = ("wait_seconds",)
