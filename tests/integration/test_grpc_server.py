@@ -179,7 +179,10 @@ def test_enrollment_token_protocol_version_and_rate(tmp_path: Path) -> None:
         fleet.store.close()
 
 
-def test_push_rules(fleet: Fleet, port: int, tmp_path: Path) -> None:
+def alice_and_bob_with_tasks(
+    fleet: Fleet, port: int, tmp_path: Path
+) -> tuple[Connection, wire.WireTask, Connection, wire.WireTask]:
+    """Two enrolled clients, each holding its round-1 task."""
     alice, a = enrolled(port, tmp_path)
     bob, b = enrolled(port, tmp_path)
     now = time.monotonic()
@@ -187,6 +190,11 @@ def test_push_rules(fleet: Fleet, port: int, tmp_path: Path) -> None:
     fleet.post(task_for(b), now + 60, now)
     ta, tb = alice.pull(1).task, bob.pull(1).task
     assert ta is not None and tb is not None
+    return alice, ta, bob, tb
+
+
+def test_push_rules(fleet: Fleet, port: int, tmp_path: Path) -> None:
+    alice, ta, bob, tb = alice_and_bob_with_tasks(fleet, port, tmp_path)
     payload = b"\x01" * 5000
     # Bob pushes into Alice's task
     assert code_of(lambda: bob.push(header(ta, payload), payload)) == (
@@ -218,13 +226,7 @@ def test_push_rules(fleet: Fleet, port: int, tmp_path: Path) -> None:
 def test_heartbeat_tells_a_client_its_task_is_stale(
     fleet: Fleet, port: int, tmp_path: Path
 ) -> None:
-    alice, a = enrolled(port, tmp_path)
-    bob, b = enrolled(port, tmp_path)
-    now = time.monotonic()
-    fleet.post(task_for(a), now + 60, now)
-    fleet.post(task_for(b), now + 60, now)
-    ta, tb = alice.pull(1).task, bob.pull(1).task
-    assert ta is not None and tb is not None
+    alice, ta, bob, tb = alice_and_bob_with_tasks(fleet, port, tmp_path)
     assert not alice.heartbeat().task_stale  # idle
     assert not alice.heartbeat(ta.task_id).task_stale  # outstanding and hers
     assert alice.heartbeat(tb.task_id).task_stale  # Bob's task is not hers to work on
