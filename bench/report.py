@@ -438,8 +438,10 @@ def realjob_summary(data: Mapping[str, Any]) -> str:
     runs = data["runs"]
     sides = [s for s in ("flower", "dense", "compressed") if any(r["side"] == s for r in runs)]
 
-    def per(side: str, key: str) -> float | None:
-        return _mean(r.get(key) for r in runs if r["side"] == side)
+    def per(side: str, key: str, seeds: set[int] | None = None) -> float | None:
+        return _mean(
+            r.get(key) for r in runs if r["side"] == side and (seeds is None or r["seed"] in seeds)
+        )
 
     def last5(side: str) -> float | None:
         return _mean(
@@ -451,12 +453,13 @@ def realjob_summary(data: Mapping[str, Any]) -> str:
         if value is None:
             return "not reached"
         text = unit(value)
-        if key in TARGET_KEYS:  # averaged over the seeds that got there
-            got = sum(r.get(key) is not None for r in runs if r["side"] == side)
-            seeds = sum(r["side"] == side for r in runs)
-            if got < seeds:
-                text += f" [{got} of {seeds} seeds]"
-        base = per("flower", key)
+        seeds = None
+        if key in TARGET_KEYS:  # averaged over the seeds that got there; Flower's too
+            seeds = {r["seed"] for r in runs if r["side"] == side and r.get(key) is not None}
+            total = sum(r["side"] == side for r in runs)
+            if len(seeds) < total:
+                text += f" [{len(seeds)} of {total} seeds]"
+        base = per("flower", key, seeds)
         if ratio and side != "flower" and base:
             r = value / base
             text += f" ({r:.2f}x)" if r >= 0.2 else f" (1/{1 / r:.1f})"
@@ -498,7 +501,8 @@ def realjob_summary(data: Mapping[str, Any]) -> str:
             "",
             f"Seed(s) {', '.join(map(str, kept))}: all sides run together in an earlier "
             f"invocation ({origin['file_started']}, commit {str(origin['git_head'])[:7]}), "
-            "kept in the file by `--keep`; the other seeds ran in this one.",
+            "kept in the file by `--keep`; the other seeds ran in this one. Ratios to 0.80 "
+            "compare with Flower's mean over the seeds where that side got there.",
         ]
     return "\n".join(lines) + "\n"
 
