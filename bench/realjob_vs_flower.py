@@ -586,14 +586,11 @@ def kept_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
         "git_head": old["source_before"].get("git_head"),
         "load_avg_start": old.get("load_avg_start"),
     }
-    kept = [
+    return [
         {**run, "kept_from": run.get("kept_from", origin)}
         for run in old["runs"]
         if run["seed"] not in args.seeds
     ]
-    args.seeds = sorted({r["seed"] for r in kept} | set(args.seeds))
-    args.new_seeds = [s for s in args.seeds if s not in {r["seed"] for r in kept}]
-    return kept
 
 
 def write_report(
@@ -602,7 +599,7 @@ def write_report(
     stamp: RunStamp,
     flower_python: str,
     venv_seconds: float | None,
-) -> dict[str, Any]:
+) -> None:
     """Write the JSON (and PNG) for the runs so far: called after every run, so a long
     benchmark that is stopped keeps what it measured."""
     comparison = compare(runs)
@@ -651,7 +648,6 @@ def write_report(
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     plot(runs, args.output.with_suffix(".png"), args)
-    return comparison
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -664,9 +660,11 @@ def main(argv: list[str] | None = None) -> None:
     flower_python, venv_seconds = ensure_flower_python(args.flower_python)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
     workdir = Path(tempfile.mkdtemp(prefix="realjob_vs_flower_"))
+    to_run = list(args.seeds)
     runs: list[dict[str, Any]] = kept_runs(args) if args.keep else []
+    args.seeds = sorted({*to_run, *(r["seed"] for r in runs)})  # the report's seeds
     try:
-        for seed in getattr(args, "new_seeds", args.seeds):
+        for seed in to_run:
             plan_path = workdir / f"plan-seed{seed}.json"
             plan = write_plan(job_config(args, seed, DENSE, workdir / "unused"), plan_path)
             order = [s for s in SIDES if s in args.runs]
@@ -702,8 +700,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    comparison = write_report(runs, args, stamp, flower_python, venv_seconds)
-    print(json.dumps(comparison["averaged_over_seeds"], indent=2))
+    # the report was written after the last run
+    print(json.dumps(compare(runs)["averaged_over_seeds"], indent=2))
 
 
 if __name__ == "__main__":

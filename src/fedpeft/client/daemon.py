@@ -329,10 +329,11 @@ class ClientDaemon:
         self.over = threading.Event()  # the coordinator said the run is over
         self.client_id = -1
         self.heartbeat_seconds = 5.0
-        self.current_task = ""
-        # set by the heartbeat thread when the coordinator says current_task is stale
-        self.abandon = threading.Event()
-        self._task_lock = threading.Lock()  # current_task and abandon change together
+        # (serial, task id) of the task in hand ("" when idle), replaced as one reference so
+        # the heartbeat thread reads a consistent pair; the serial tells apart two handlings
+        # of one task id (a restarted coordinator may re-issue the very same task)
+        self._task: tuple[int, str] = (0, "")
+        self._stale_serial = -1  # the handling a heartbeat reported stale
         self.app: Any = None
         self.indices: np.ndarray | None = None
         self._delays = backoff_delays(opts.backoff_base, opts.backoff_cap)
@@ -420,12 +421,10 @@ class ClientDaemon:
     def _heartbeats(self) -> None:
         while not self.stop.is_set() and not self.over.is_set():
             try:
-                sent = self.current_task
+                serial, sent = self._task
                 reply = self.conn.heartbeat(sent)
                 if reply.task_stale and sent:
-                    with self._task_lock:
-                        if sent == self.current_task:
-                            self.abandon.set()
+                    self._stale_serial = serial
                 if reply.heartbeat_seconds > 0:
                     self.heartbeat_seconds = reply.heartbeat_seconds
                 if reply.run_over:
@@ -474,9 +473,8 @@ class ClientDaemon:
         return 0
 
     def handle(self, wt: wire.WireTask) -> None:
-        with self._task_lock:
-            self.current_task = wt.task_id
-            self.abandon.clear()
+        serial = self._task[0] + 1
+        self._task = (serial, wt.task_id)
         try:
             result = self._train(wt)
             self._push(wt, result)
@@ -490,11 +488,10 @@ class ClientDaemon:
                 wt.kind,
             )
         finally:
-            with self._task_lock:
-                self.current_task = ""
+            self._task = (serial, "")
 
     def _on_step(self, step: int, total: int, loss: float) -> None:
-        if self.abandon.is_set():
+        if self._stale_serial == self._task[0]:
             raise TaskAbandoned(f"step {step} of {total}")
 
     def _train(self, wt: wire.WireTask) -> TrainResult:
