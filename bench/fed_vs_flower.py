@@ -99,8 +99,8 @@ class SyntheticClientApp:
         return {"w": np.zeros(self.floats, dtype=np.float32)}
 
     def train(self, task: Any) -> Any:
-        from fedpeft.client.codecs import apply_downlink
-        from fedpeft.coordinator.messages import ClientState, TrainResult
+        from fedpeft.protocol.codecs import apply_downlink
+        from fedpeft.protocol.messages import ClientState, TrainResult
 
         start = time.perf_counter()
         held = apply_downlink(self.codec, task)
@@ -602,7 +602,7 @@ def main(argv: list[str] | None = None) -> None:
             "--minimal), 5.3-6.4 s with ray[default]'s aiohttp/opencensus present (the "
             "dashboard loads them). ray_dashboard_deps says which each side had",
             "the synthetic fedpeft app imports only torch-free modules "
-            "(fedpeft.client.codecs); before that commit its first task imported torch "
+            "(fedpeft.protocol.codecs); before that commit its first task imported torch "
             "in every worker (~2 s of round 1)",
             "Flower's ServerApp starts round 1 while Ray and the actors are still starting: "
             "its round 1 holds that start-up, so rounds_total_median compares unlike things; "

@@ -42,7 +42,7 @@ from fedpeft.client.app import LoraClientApp
 from fedpeft.compression import FULL_WEIGHTS_CODEC, make_codec
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.engine import client_seed
-from fedpeft.coordinator.messages import ClientState, TrainTask
+from fedpeft.protocol.messages import ClientState, TrainTask
 from fedpeft.simulation.run import make_shards
 
 BENCH = Path(__file__).resolve().parent

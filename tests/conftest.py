@@ -94,9 +94,9 @@ class NumpyClientApp:
     :class:`~fedpeft.client.secure.UpdateSender` (codec, DP clip, masking)."""
 
     def __init__(self, cfg: JobConfig, name: str = "numpy", scale: float = 0.01) -> None:
-        from fedpeft.client.codecs import uplink_codec
         from fedpeft.client.mods import reject_nonfinite
         from fedpeft.client.secure import UpdateSender
+        from fedpeft.protocol.codecs import uplink_codec
 
         self.cfg = cfg
         self.name = name
@@ -123,9 +123,9 @@ class NumpyClientApp:
         return 10 + client_id
 
     def train(self, task: Any) -> Any:
-        from fedpeft.client.codecs import apply_downlink, downlink_codec
         from fedpeft.client.mods import ModContext
-        from fedpeft.coordinator.messages import ClientState, TrainResult
+        from fedpeft.protocol.codecs import apply_downlink, downlink_codec
+        from fedpeft.protocol.messages import ClientState, TrainResult
 
         if task.kind.startswith("secagg_"):
             return self.sender.stage(task, self.name)

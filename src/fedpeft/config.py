@@ -31,13 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fedpeft.coordinator.schedule import ROUND_SCHEDULES
 from fedpeft.errors import ConfigError
 
 #: Local optimizers of ``train.optimizer``. FedAvg with SGD clients is the algorithm of
 #: McMahan et al. 2017 and FedOpt's client side (Reddi et al. 2021); AdamW is what
 #: centralized PEFT fine-tuning uses.
 OPTIMIZERS = ("adamw", "sgd")
+#: ``federation.client_lr_schedule``: the client learning rate across rounds
+#: (fedpeft.coordinator.schedule)
+ROUND_SCHEDULES = ("constant", "linear", "cosine")
 #: ``federation.calibration``: none, or CCVR (fedpeft.aggregation.calibration)
 CALIBRATIONS = ("none", "ccvr")
 #: ``federation.strategy``: the keys of fedpeft.aggregation.STRATEGIES (a test keeps them equal)

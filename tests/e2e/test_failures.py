@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fedpeft.config import JobConfig
-from fedpeft.coordinator.messages import TrainResult, TrainTask
+from fedpeft.protocol.messages import TrainResult, TrainTask
 from fedpeft.simulation import run_simulation
 from fedpeft.simulation.failures import SimulationFailed, check_run, failure_message
 

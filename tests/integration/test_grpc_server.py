@@ -20,11 +20,11 @@ from fedpeft.client.daemon import Connection, DaemonError, DaemonOptions
 from fedpeft.compression import FULL_WEIGHTS_CODEC, make_codec
 from fedpeft.coordinator.grpc_backend import GrpcBackend, LiveClientSampler
 from fedpeft.coordinator.handlers import Fleet, FleetSettings
-from fedpeft.coordinator.messages import ClientState, TrainTask
 from fedpeft.coordinator.server import CoordinatorServer, TlsFiles
 from fedpeft.coordinator.store import Store
 from fedpeft.errors import ConfigError
 from fedpeft.protocol import wire
+from fedpeft.protocol.messages import ClientState, TrainTask
 from fedpeft.protocol.version import PROTOCOL_VERSION
 
 SETTINGS = FleetSettings(
@@ -452,8 +452,8 @@ def test_a_client_without_the_base_adapter_gets_full_weights(
 ) -> None:
     from dataclasses import replace
 
-    from fedpeft.client.codecs import apply_downlink
     from fedpeft.coordinator.grpc_backend import STATE_MISMATCH
+    from fedpeft.protocol.codecs import apply_downlink
 
     conn, cid = enrolled(port, tmp_path)
     codec = make_codec("compeft", density=0.5)

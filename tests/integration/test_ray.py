@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedpeft.client.app import LoraClientApp
-from fedpeft.coordinator.messages import TrainResult, TrainTask
+from fedpeft.protocol.messages import TrainResult, TrainTask
 from fedpeft.simulation import run_simulation
 from integration.test_simulation import final_state, tiny_job
 

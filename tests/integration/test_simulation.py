@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 
 from fedpeft.client.app import LoraClientApp
 from fedpeft.config import JobConfig
-from fedpeft.coordinator.messages import TrainResult, TrainTask
+from fedpeft.protocol.messages import TrainResult, TrainTask
 from fedpeft.simulation import run_simulation
 
 

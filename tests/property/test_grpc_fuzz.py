@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 
 from fedpeft.client.daemon import Connection, DaemonOptions
 from fedpeft.coordinator.handlers import Fleet, FleetSettings
-from fedpeft.coordinator.messages import TASK_KINDS, ClientState, TrainTask
 from fedpeft.coordinator.server import CoordinatorServer
 from fedpeft.coordinator.store import Store
 from fedpeft.protocol import serde, wire
+from fedpeft.protocol.messages import TASK_KINDS, ClientState, TrainTask
 from fedpeft.protocol.serde import MalformedMessage
 from fedpeft.protocol.version import CLIENT_KEY, METHODS, PROTOCOL_VERSION, TOKEN_KEY, method_path
 

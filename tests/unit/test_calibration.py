@@ -18,11 +18,11 @@ from fedpeft.aggregation.calibration import (
     merge_feature_stats,
     sample_virtual_features,
 )
-from fedpeft.client.codecs import apply_downlink
 from fedpeft.compression import FULL_WEIGHTS_CODEC
 from fedpeft.config import JobConfig
-from fedpeft.coordinator.messages import TrainResult, TrainTask
 from fedpeft.errors import ConfigError, UpdateRejected
+from fedpeft.protocol.codecs import apply_downlink
+from fedpeft.protocol.messages import TrainResult, TrainTask
 
 SHAPES = {"clf.weight": (2, 3), "clf.bias": (2,)}
 

@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedpeft.aggregation import make_strategy
-from fedpeft.client.codecs import apply_downlink, downlink_codec, uplink_codec
 from fedpeft.compression import FULL_WEIGHTS_CODEC
 from fedpeft.compression.chain import (
     apply_chain,
@@ -29,9 +28,10 @@ from fedpeft.compression.chain import (
 )
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.engine import RoundEngine
-from fedpeft.coordinator.messages import ClientState, TrainResult, TrainTask
 from fedpeft.coordinator.sampling import ClientSampler
 from fedpeft.errors import CodecError, ConfigError
+from fedpeft.protocol.codecs import apply_downlink, downlink_codec, uplink_codec
+from fedpeft.protocol.messages import ClientState, TrainResult, TrainTask
 from fedpeft.rundir import RunDir
 from fedpeft.simulation.inprocess import InProcessBackend
 

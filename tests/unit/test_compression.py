@@ -439,7 +439,7 @@ def test_error_feedback_state_round_trips(tmp_path) -> None:
 def test_error_feedback_decay_matches_the_simulation_client() -> None:
     """A device client's ErrorFeedback and the simulated client's encode_update agree."""
     from fedpeft.client.mods import ModContext, encode_update
-    from fedpeft.coordinator.messages import ClientState
+    from fedpeft.protocol.messages import ClientState
 
     rng = np.random.default_rng(7)
     codec = CompeftCodec(CompeftConfig(density=0.1))

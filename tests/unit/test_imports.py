@@ -13,10 +13,10 @@ import pytest
     [
         "fedpeft.client",
         "fedpeft.client.mods",
-        "fedpeft.client.codecs",
+        "fedpeft.protocol.codecs",
         "fedpeft.simulation",
         "fedpeft.simulation.ray_backend",
-        "fedpeft.coordinator.messages",
+        "fedpeft.protocol.messages",
     ],
 )
 def test_wire_side_modules_do_not_import_torch(module: str) -> None:
@@ -26,7 +26,7 @@ def test_wire_side_modules_do_not_import_torch(module: str) -> None:
 
 
 def test_client_app_is_still_importable_from_the_package() -> None:
-    from fedpeft.client import LoraClientApp, apply_downlink
+    from fedpeft.client import LoraClientApp
     from fedpeft.client.app import LoraClientApp as direct
 
-    assert LoraClientApp is direct and callable(apply_downlink)
+    assert LoraClientApp is direct

@@ -152,10 +152,10 @@ def test_central_noise_has_the_calibrated_scale(tmp_path: Path) -> None:
 def test_clip_bounds_what_is_sent_with_error_feedback(tmp_path: Path) -> None:
     """Error feedback adds the carried residual before the clip: the decoded update a
     client sends never exceeds C, round after round."""
-    from fedpeft.client.codecs import uplink_codec
     from fedpeft.client.mods import ModContext, reject_nonfinite
     from fedpeft.client.secure import UpdateSender
-    from fedpeft.coordinator.messages import ClientState, TrainTask
+    from fedpeft.protocol.codecs import uplink_codec
+    from fedpeft.protocol.messages import ClientState, TrainTask
 
     cfg = dp_job(
         tmp_path,

@@ -14,9 +14,9 @@ from fedpeft.client.mods import (
     reject_nonfinite,
 )
 from fedpeft.compression import make_codec
-from fedpeft.coordinator.messages import ClientState
 from fedpeft.coordinator.sampling import ClientSampler
 from fedpeft.errors import ConfigError, UpdateRejected
+from fedpeft.protocol.messages import ClientState
 
 
 def test_fixed_sampling_is_deterministic_and_exact() -> None:

@@ -14,14 +14,14 @@ import pytest
 
 from conftest import NumpyClientApp
 from fedpeft.aggregation import make_strategy
-from fedpeft.client.codecs import downlink_codec, uplink_codec
-from fedpeft.client.secure import SecureEncoding
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.engine import RoundEngine
-from fedpeft.coordinator.messages import TrainResult, TrainTask
 from fedpeft.coordinator.sampling import ClientSampler
 from fedpeft.coordinator.secure import SecureRound, auto_bits
 from fedpeft.errors import ConfigError
+from fedpeft.privacy.secagg.updates import SecureEncoding
+from fedpeft.protocol.codecs import downlink_codec, uplink_codec
+from fedpeft.protocol.messages import TrainResult, TrainTask
 from fedpeft.rundir import RunDir
 from fedpeft.simulation.dropout import DropoutBackend
 from fedpeft.simulation.inprocess import InProcessBackend
@@ -173,8 +173,8 @@ def test_below_threshold_fails_the_round_and_keeps_the_adapter(tmp_path: Path) -
 def test_the_coordinator_never_holds_one_clients_update(tmp_path: Path) -> None:
     """What crosses to the coordinator: masked vectors that share no more coordinates with
     the client's own encoded input than chance, and no codec-decodable update."""
-    from fedpeft.client.secure import encode_secure
     from fedpeft.privacy.secagg import unpack
+    from fedpeft.privacy.secagg.updates import encode_secure
 
     cfg = job(tmp_path)
     app = NumpyClientApp(cfg)

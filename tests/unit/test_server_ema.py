@@ -10,11 +10,11 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import run_records, small_job
-from fedpeft.client.codecs import apply_downlink
 from fedpeft.compression import FULL_WEIGHTS_CODEC
 from fedpeft.config import JobConfig
-from fedpeft.coordinator.messages import TrainResult, TrainTask
 from fedpeft.errors import ConfigError
+from fedpeft.protocol.codecs import apply_downlink
+from fedpeft.protocol.messages import TrainResult, TrainTask
 
 
 class _PlusOne:

@@ -19,8 +19,8 @@ from fedpeft.cli.common import (
 )
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.engine import EngineHooks
-from fedpeft.coordinator.messages import TrainResult
 from fedpeft.errors import ConfigError
+from fedpeft.protocol.messages import TrainResult
 from fedpeft.rundir import RunDir
 
 if TYPE_CHECKING:

@@ -1,8 +1,7 @@
 """Client side: the client application (training on private data) and update mods.
 
-``ClientApp`` and ``LoraClientApp`` are imported lazily: the mods and the wire codecs
-(:mod:`fedpeft.client.codecs`) do not need torch, and a Ray worker or a client daemon
-that only uses them should not pay for it.
+``LoraClientApp`` is imported lazily: the mods do not need torch, and a Ray worker or a
+client daemon that only uses them should not pay for it.
 """
 
 from __future__ import annotations
@@ -10,24 +9,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from fedpeft.client.codecs import apply_downlink, downlink_codec, uplink_codec
 from fedpeft.client.mods import ModContext, UpdateMod, clip_l2, reject_nonfinite
 
 if TYPE_CHECKING:
-    from fedpeft.client.app import ClientApp, LoraClientApp
+    from fedpeft.client.app import LoraClientApp
 
 __all__ = [
-    "ClientApp",
     "LoraClientApp",
     "ModContext",
     "UpdateMod",
-    "apply_downlink",
     "clip_l2",
-    "downlink_codec",
     "reject_nonfinite",
-    "uplink_codec",
 ]
-_LAZY = {"ClientApp", "LoraClientApp"}
+_LAZY = {"LoraClientApp"}
 
 
 def __getattr__(name: str) -> Any:

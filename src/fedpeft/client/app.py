@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,12 +20,12 @@ import torch
 from fedpeft.adapters import load_trainable_state, trainable_state
 from fedpeft.adapters.lora import find_output_layer
 from fedpeft.aggregation.calibration import feature_stats
-from fedpeft.client.codecs import apply_downlink, downlink_codec, uplink_codec
 from fedpeft.client.mods import ModContext, UpdateMod, reject_nonfinite
 from fedpeft.client.secure import CLIENT_ERRORS, UpdateSender
 from fedpeft.compression import FULL_WEIGHTS_CODEC
 from fedpeft.config import JobConfig
-from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
+from fedpeft.protocol.codecs import apply_downlink, downlink_codec, uplink_codec
+from fedpeft.protocol.messages import ClientState, Tensors, TrainResult, TrainTask
 from fedpeft.training.encode import EncodedData, encode
 from fedpeft.training.loop import (
     EvalSums,
@@ -38,16 +38,6 @@ from fedpeft.training.prefix import PrefixCache, prefix_cache_for
 from fedpeft.training.setup import build_adapted_model, load_job_data, set_threads
 
 log = logging.getLogger(__name__)
-
-
-class ClientApp(Protocol):
-    """What a backend needs from a client implementation."""
-
-    def initial_state(self) -> Tensors: ...
-
-    def train(self, task: TrainTask) -> TrainResult: ...
-
-    def evaluate(self, params: Tensors) -> dict[str, float]: ...
 
 
 def to_numpy(tensors: dict[str, torch.Tensor]) -> Tensors:

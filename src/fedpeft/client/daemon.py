@@ -41,9 +41,10 @@ import numpy as np
 
 from fedpeft.compression.chain import is_chain
 from fedpeft.config import JobConfig
-from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
 from fedpeft.errors import ConfigError, FedPeftError
 from fedpeft.protocol import serde, wire
+from fedpeft.protocol.messages import ClientState, Tensors, TrainResult, TrainTask
+from fedpeft.protocol.transport import MAX_MESSAGE_BYTES, check_transport
 from fedpeft.protocol.version import (
     CHUNK_BYTES,
     CLIENT_KEY,
@@ -53,6 +54,7 @@ from fedpeft.protocol.version import (
     PULL_TASK,
     PUSH_RESULT,
     REGISTER,
+    STATE_MISMATCH,
     TOKEN_KEY,
     method_path,
 )
@@ -61,11 +63,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 KEEP_HELD = 3
-#: the coordinator's grpc_backend.STATE_MISMATCH (not imported: the daemon needs no torch
-#: nor coordinator code beyond the wire)
-STATE_MISMATCH = "state-mismatch"
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-MAX_MESSAGE_BYTES = 8 << 20
 
 
 class DaemonError(FedPeftError):
@@ -204,8 +202,6 @@ class Connection:
     """The fedpeft.v1 calls over one channel, with this client's credential attached."""
 
     def __init__(self, opts: DaemonOptions) -> None:
-        from fedpeft.coordinator.server import check_transport
-
         host = opts.coordinator.rsplit(":", 1)[0]
         if opts.insecure_localhost:
             check_transport(host, None, True, "the coordinator's")

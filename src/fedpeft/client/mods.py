@@ -15,8 +15,8 @@ import numpy as np
 
 from fedpeft.compression import Codec
 from fedpeft.compression.feedback import add_residual, residual_of
-from fedpeft.coordinator.messages import ClientState, Tensors
 from fedpeft.errors import UpdateRejected
+from fedpeft.protocol.messages import ClientState, Tensors
 
 
 @dataclass

@@ -22,8 +22,8 @@ from fedpeft.adapters.offsite import build_plugin_model, check_backbone, job_emu
 from fedpeft.client.app import LoraClientApp
 from fedpeft.client.mods import UpdateMod
 from fedpeft.config import JobConfig
-from fedpeft.coordinator.messages import Tensors
 from fedpeft.models.registry import resolve_model_path
+from fedpeft.protocol.messages import Tensors
 from fedpeft.training.loop import evaluate
 from fedpeft.training.setup import AdaptedModel
 

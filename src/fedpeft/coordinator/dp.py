@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from fedpeft.coordinator.messages import Tensors
 from fedpeft.errors import ConfigError
+from fedpeft.protocol.messages import Tensors
 
 log = logging.getLogger(__name__)
 

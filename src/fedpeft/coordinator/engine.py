@@ -27,10 +27,10 @@ from fedpeft.aggregation import calibration as ccvr
 from fedpeft.compression import FULL_WEIGHTS_CODEC, Codec, check_compatible
 from fedpeft.compression.chain import add_delta, decode_chain, encode_chain, params_digest
 from fedpeft.config import CALIBRATIONS
-from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
 from fedpeft.coordinator.sampling import ClientSampler
 from fedpeft.coordinator.secure import SecureRound
 from fedpeft.errors import CodecError, ConfigError, FedPeftError, UpdateRejected
+from fedpeft.protocol.messages import ClientState, Tensors, TrainResult, TrainTask
 from fedpeft.rundir import RunDir, atomic_write_bytes
 
 if TYPE_CHECKING:

@@ -23,24 +23,17 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedpeft.client.codecs import apply_downlink
 from fedpeft.compression import FULL_WEIGHTS_CODEC, Codec
 from fedpeft.compression.chain import is_chain
 from fedpeft.coordinator.handlers import Fleet, PendingTask, result_of
-from fedpeft.coordinator.messages import ClientState, Tensors, TrainResult, TrainTask
-
-if TYPE_CHECKING:  # the app brings torch; the backend itself does not need it
-    from fedpeft.client.app import ClientApp
+from fedpeft.protocol.codecs import apply_downlink
+from fedpeft.protocol.messages import ClientApp, ClientState, Tensors, TrainResult, TrainTask
+from fedpeft.protocol.version import STATE_MISMATCH
 
 log = logging.getLogger(__name__)
-
-#: Prefix of a client's error when it does not hold the adapter a delta applies to (its
-#: state folder was lost, or the coordinator rolled back a round): it gets full weights.
-STATE_MISMATCH = "state-mismatch"
 
 
 class LiveClientSampler:

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedpeft.coordinator.messages import TASK_KINDS, TrainResult, TrainTask
 from fedpeft.coordinator.metrics import FleetMetrics
 from fedpeft.coordinator.store import Artifact, Store, StoredResult, hash_token
 from fedpeft.errors import ProtocolError
 from fedpeft.protocol import wire
+from fedpeft.protocol.messages import TASK_KINDS, TrainResult, TrainTask
 from fedpeft.protocol.version import CHUNK_BYTES, PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)

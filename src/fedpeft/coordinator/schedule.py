@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-ROUND_SCHEDULES = ("constant", "linear", "cosine")
+from fedpeft.config import ROUND_SCHEDULES
 
 
 def round_lr_factor(

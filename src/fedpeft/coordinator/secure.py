@@ -9,7 +9,7 @@ the **sum** of the survivors' encoded updates, which :func:`decode_secure_sum` t
 the weighted mean the strategy aggregates from. No single client's update is ever
 decoded here: :class:`SecureRound` never calls a codec on a client payload.
 
-The encoding of updates into integers (:class:`~fedpeft.client.secure.SecureEncoding`)
+The encoding of updates into integers (:class:`~fedpeft.privacy.secagg.updates.SecureEncoding`)
 is public and planned here per round: ``levels`` is the largest per-client integer range
 for which the cohort's sum, with DP noise headroom, cannot wrap mod 2^bits.
 """
@@ -26,13 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from fedpeft.client.secure import (
-    SecureEncoding,
-    SecureSum,
-    decode_secure_sum,
-)
-from fedpeft.coordinator.messages import TrainResult, TrainTask
 from fedpeft.errors import ConfigError, ProtocolError
+from fedpeft.privacy.secagg.updates import SecureEncoding, SecureSum, decode_secure_sum
+from fedpeft.protocol.messages import TrainResult, TrainTask
 
 log = logging.getLogger(__name__)
 

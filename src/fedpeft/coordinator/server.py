@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import threading
@@ -33,6 +32,7 @@ from fedpeft.coordinator.metrics import FleetMetrics
 from fedpeft.coordinator.servicer import FleetServicer, add_fleet_servicer
 from fedpeft.coordinator.store import Store
 from fedpeft.errors import ConfigError, FedPeftError
+from fedpeft.protocol.transport import MAX_MESSAGE_BYTES, TlsFiles, check_transport
 from fedpeft.protocol.version import SERVICE
 
 if TYPE_CHECKING:
@@ -40,53 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Largest single gRPC message either side accepts; payloads travel in 1 MiB chunks.
-MAX_MESSAGE_BYTES = 8 << 20
-LOOPBACK_NAMES = ("localhost",)
-
 
 class RunFailed(FedPeftError):
     """Every round of the run failed (the message says why)."""
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    cert: Path
-    key: Path
-    ca: Path | None = None  # set: clients must present a certificate signed by it (mTLS)
-
-
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_transport(host: str, tls: TlsFiles | None, insecure_localhost: bool, who: str) -> None:
-    """TLS by default; plaintext only with ``--insecure-localhost`` on a loopback address."""
-    if insecure_localhost:
-        if tls is not None:
-            raise ConfigError("--insecure-localhost", "give either TLS files or this, not both")
-        if not is_loopback(host):
-            raise ConfigError(
-                "--insecure-localhost",
-                f"plaintext is allowed on 127.0.0.1 only; {who} address is {host!r} "
-                "(use TLS: --tls-cert/--tls-key)",
-            )
-        return
-    if tls is None:
-        raise ConfigError(
-            "--tls-cert",
-            "TLS is required: pass --tls-cert and --tls-key (see docs/deployment.md), or "
-            "--insecure-localhost for plaintext on 127.0.0.1",
-        )
-    for name, path in (("--tls-cert", tls.cert), ("--tls-key", tls.key), ("--tls-ca", tls.ca)):
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(name, f"file not found: {path}")
 
 
 def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:

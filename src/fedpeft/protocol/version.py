@@ -24,3 +24,8 @@ CHUNK_BYTES = 1 << 20
 
 def method_path(method: str) -> str:
     return f"/{SERVICE}/{method}"
+
+
+#: Prefix of a result's error when the daemon lacks the adapter version a delta applies
+#: to; the coordinator then resends full weights.
+STATE_MISMATCH = "state-mismatch"

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from fedpeft.coordinator.messages import Tensors, TrainResult, TrainTask
+from fedpeft.protocol.messages import Tensors, TrainResult, TrainTask
 
 VANISHED = "vanished (simulated dropout)"
 

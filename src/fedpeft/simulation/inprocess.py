@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from fedpeft.client.app import ClientApp
-from fedpeft.coordinator.messages import Tensors, TrainResult, TrainTask
+from fedpeft.protocol.messages import ClientApp, Tensors, TrainResult, TrainTask
 
 
 class InProcessBackend:

@@ -16,11 +16,11 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from fedpeft.coordinator.messages import Tensors, TrainResult, TrainTask
 from fedpeft.errors import OptionalDependencyMissing
+from fedpeft.protocol.messages import Tensors, TrainResult, TrainTask
 
 if TYPE_CHECKING:  # workers should not import torch unless their client app needs it
-    from fedpeft.client.app import ClientApp
+    from fedpeft.protocol.messages import ClientApp
     from fedpeft.training.loop import EvalSums
 
 log = logging.getLogger(__name__)

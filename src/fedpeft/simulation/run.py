@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from fedpeft.aggregation import make_strategy
-from fedpeft.client.app import ClientApp, LoraClientApp
-from fedpeft.client.codecs import downlink_codec, uplink_codec
+from fedpeft.client.app import LoraClientApp
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.engine import EngineHooks, RoundEngine, checkpoint_exists
 from fedpeft.coordinator.sampling import ClientSampler
@@ -24,6 +23,8 @@ from fedpeft.coordinator.schedule import RoundConfig
 from fedpeft.data import ClassificationData, describe, partition
 from fedpeft.errors import ConfigError
 from fedpeft.models import resolve_model_path
+from fedpeft.protocol.codecs import downlink_codec, uplink_codec
+from fedpeft.protocol.messages import ClientApp
 from fedpeft.rundir import RunDir, atomic_write_bytes
 from fedpeft.simulation import failures
 from fedpeft.training.setup import load_job_data

@@ -11,7 +11,7 @@ import numpy as np
 from fedpeft.compression import FULL_WEIGHTS_CODEC, Codec, make_codec
 from fedpeft.compression.chain import apply_chain, decode_chain, is_chain, params_digest
 from fedpeft.config import CodecSettings
-from fedpeft.coordinator.messages import Tensors, TrainTask
+from fedpeft.protocol.messages import Tensors, TrainTask
 
 __all__ = ["apply_downlink", "downlink_codec", "uplink_codec"]
 

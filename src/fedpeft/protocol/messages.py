@@ -7,7 +7,7 @@ edge (``fedpeft.protocol.serde``), the in-process and Ray backends pass them as 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -71,3 +71,14 @@ class TrainResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+class ClientApp(Protocol):
+    """What a backend needs from a client implementation (a LoRA or Offsite-Tuning app,
+    a test double): the initial adapter, one task's work, and evaluation."""
+
+    def initial_state(self) -> Tensors: ...
+
+    def train(self, task: TrainTask) -> TrainResult: ...
+
+    def evaluate(self, params: Tensors) -> dict[str, float]: ...
