@@ -110,7 +110,7 @@ class SyntheticClientApp:
         delta = {k: (local[k] - held[k]).astype(np.float32) for k in held}
         payload = self.codec.encode(delta)
         end = time.perf_counter()
-        keep = self.keep_state or self.codec.name != "dense"
+        keep = self.keep_state or self.codec.compresses
         state = ClientState(version=task.version, held=held if keep else None)
         return TrainResult(
             task.round,
@@ -237,6 +237,7 @@ def fedpeft_once(
     import_start = time.perf_counter()
     import ray
 
+    import fedpeft.coordinator.job as job
     import fedpeft.simulation.run as sim_run
     from fedpeft.aggregation import FedAvg
     from fedpeft.config import JobConfig
@@ -255,7 +256,7 @@ def fedpeft_once(
     timer.wrap(RoundEngine, "decode", "decode_and_validate")
     timer.wrap(FedAvg, "aggregate_train", "aggregate")
     timer.wrap(RoundEngine, "save_checkpoint", "checkpoint")
-    timer.wrap(sim_run, "plot_curves", "plot_curves")
+    timer.wrap(job, "plot_curves", "plot_curves")
     make_backend = sim_run.make_backend
 
     def timed_make_backend(cfg_: Any, factory_: Any) -> Any:

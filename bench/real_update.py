@@ -86,7 +86,6 @@ def real_update(cfg: JobConfig, client: int) -> tuple[dict[str, np.ndarray], dic
         version=round_num - 1,
         state=ClientState(),
         indices=shards[client],
-        config={"proximal_mu": 0.0},
     )
     start = time.perf_counter()
     result = app.train(task)

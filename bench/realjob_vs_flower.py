@@ -115,7 +115,7 @@ SIDES = ("flower", "dense", "compressed")
 TARGET_ACCURACY = 0.80
 CPU_SAMPLE_SECONDS = 0.5
 
-# fedpeft's codec settings of the two fedpeft runs (config.py's [codec] section).
+# fedpeft's codec settings of the two fedpeft runs (fedpeft.config.codec, [codec]).
 DENSE = {"codec.name": "dense", "codec.dtype": "fp32", "codec.downlink": "dense"}
 COMPRESSED = {
     "codec.name": "compeft",

@@ -91,11 +91,11 @@ class NumpyClientApp:
     """A client app without a model: each client's "training" adds a fixed, seeded update
     (client-specific) to the weights it holds, so tests of the round engine, secure
     aggregation and DP know every update exactly. It sends through the real
-    :class:`~fedpeft.client.secure.UpdateSender` (codec, DP clip, masking)."""
+    :class:`~fedpeft.client.update.UpdateSender` (codec, DP clip, masking)."""
 
     def __init__(self, cfg: JobConfig, name: str = "numpy", scale: float = 0.01) -> None:
         from fedpeft.client.mods import reject_nonfinite
-        from fedpeft.client.secure import UpdateSender
+        from fedpeft.client.update import UpdateSender
         from fedpeft.protocol.codecs import uplink_codec
 
         self.cfg = cfg
@@ -148,3 +148,103 @@ class NumpyClientApp:
 
     def evaluate(self, params: dict[str, Any]) -> dict[str, float]:
         return {}
+
+
+# ---- a round engine over NumpyClientApp (secure, private and plain rounds) -----------
+ENGINE_CLIENTS = 8
+
+
+def engine_job(tmp_path: Path, **settings: Any) -> JobConfig:
+    """A small job for :func:`engine_for`: 8 clients, 6 per round, one round."""
+    from fedpeft.config import JobConfig
+
+    base: dict[str, Any] = {
+        "output": str(tmp_path / "run"),
+        "federation.clients": ENGINE_CLIENTS,
+        "federation.clients_per_round": 6,
+        "federation.rounds": 1,
+    }
+    base.update(settings)
+    return JobConfig().replace(base)
+
+
+class Spy:
+    """A backend wrapper that keeps every task and result crossing it (the coordinator's
+    whole view of the clients)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.tasks: list[Any] = []
+        self.results: list[Any] = []
+
+    def initial_state(self) -> Any:
+        return self.inner.initial_state()
+
+    def run(self, tasks: Any, on_result: Callable[[Any], None] | None = None) -> list[Any]:
+        self.tasks.extend(tasks)
+        out = list(self.inner.run(tasks, on_result))
+        self.results.extend(out)
+        return out
+
+    def evaluate(self, params: Any) -> dict[str, float]:
+        return {}
+
+    def shutdown(self) -> None:
+        pass
+
+
+def engine_for(
+    cfg: JobConfig,
+    app: NumpyClientApp,
+    *,
+    secure: Any = None,
+    dropout: tuple[float, str] | None = None,
+    privacy: Any = None,
+) -> tuple[Any, Spy]:
+    """A started RoundEngine over ``app`` in-process (``secure``: a SecureRound;
+    ``dropout``: (rate, stage) of simulated dropouts; ``privacy``: a mechanism)."""
+    import numpy as np
+
+    from fedpeft.aggregation import make_strategy
+    from fedpeft.coordinator.engine import RoundEngine
+    from fedpeft.coordinator.sampling import ClientSampler
+    from fedpeft.protocol.codecs import downlink_codec, uplink_codec
+    from fedpeft.rundir import RunDir
+    from fedpeft.simulation.dropout import DropoutBackend
+    from fedpeft.simulation.inprocess import InProcessBackend
+
+    backend: Any = InProcessBackend(lambda _name: app)
+    if dropout is not None:
+        backend = DropoutBackend(backend, dropout[0], dropout[1], seed=0)
+    spy = Spy(backend)
+    fed = cfg.federation
+    run = RunDir(cfg.output)
+    run.create(cfg, {"task": "classification", "label_names": ["a", "b"]})
+    engine = RoundEngine(
+        backend=spy,
+        strategy=make_strategy(fed),
+        sampler=ClientSampler(fed.clients, fed.clients_per_round, fed.sampling, 0),
+        shards=[np.arange(3) for _ in range(fed.clients)],
+        uplink=uplink_codec(cfg.codec),
+        downlink=downlink_codec(cfg.codec),
+        run=run,
+        rounds=fed.rounds,
+        seed=0,
+        collection=secure,
+        privacy=privacy,
+    )
+    engine.start_fresh()
+    return engine, spy
+
+
+def secure_round(bits: int = 40, density: float = 1.0, clip: float = 0.1) -> Any:
+    from fedpeft.coordinator.secure import SecureRound
+
+    return SecureRound(
+        tolerated_dropout=0.34,
+        bits=bits,
+        clip_range=clip,
+        weight_cap=64,
+        density=density,
+        seed=0,
+    )

@@ -1,8 +1,9 @@
 """One exception tree for fedpeft.
 
-Library code raises these; the CLI turns them into one clear line and exit
-code 2 (no traceback unless ``--debug``). Transport edges (gRPC, later) map them
-to status codes and nowhere else.
+Library code raises these; the ``fedpeft`` console script turns them into one line on
+stderr and exit code 2 (a traceback only with ``--debug``). The coordinator's gRPC
+servicer turns a :class:`ProtocolError` into a gRPC status code, and nothing else
+does.
 """
 
 from __future__ import annotations
@@ -43,10 +44,6 @@ class UpdateRejected(FedPeftError):
 
 class ProtocolError(FedPeftError):
     """A message arrived out of order, for a stale round, or from the wrong sender."""
-
-
-class BudgetExhausted(FedPeftError):
-    """The privacy budget would be exceeded by another round."""
 
 
 class OptionalDependencyMissing(FedPeftError, ImportError):

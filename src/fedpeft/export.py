@@ -20,11 +20,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedpeft.adapters import load_trainable_state
+from fedpeft.adapters import AdaptedModel, load_trainable_state
+from fedpeft.adapters.offsite import build_plugin_model, job_emulator
 from fedpeft.config import JobConfig
 from fedpeft.models import Task
 from fedpeft.rundir import RunDir, atomic_write_bytes
-from fedpeft.training.setup import AdaptedModel, build_adapted_model
+from fedpeft.training.setup import build_adapted_model
 
 
 def export_adapter(run_path: str | Path, out: str | Path) -> dict[str, Any]:
@@ -65,8 +66,6 @@ def _offsite_plugin(
 ) -> tuple[AdaptedModel, dict[str, Any]]:
     """The plug-in model of an Offsite-Tuning run (full backbone, checked against the
     emulator's hash) and what ``fedpeft.json`` says about it."""
-    from fedpeft.adapters.offsite import build_plugin_model, job_emulator
-
     emulator = job_emulator(cfg)
     adapted = build_plugin_model(cfg, task, label_names)
     layout = emulator.layout

@@ -8,9 +8,10 @@ Layout::
       meta.json                task, label names, backbone path
       adapter_state.safetensors  the final adapter as named tensors
       adapter/                 the final adapter in PEFT format (PeftModel.from_pretrained)
-      checkpoint/              the last completed round (simulation; --resume reads it):
+      checkpoint/              the last completed round (a federated job resumes from it):
                                global / strategy / ema / clients .safetensors, engine.json
-      curves.png               accuracy and loss vs round (simulation)
+      summary.json             initial and final metrics, bytes, wall time (federated job)
+      curves.png               accuracy and loss vs round (federated job)
 
 Every file is written to a temporary name and renamed, so a crash never leaves a
 half-written file under its real name.
@@ -23,15 +24,16 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from fedpeft.config import JobConfig, dump_toml, load_config
 from fedpeft.errors import ConfigError
 
+if TYPE_CHECKING:  # torch loads only where tensors are written or read
+    import torch
+
 STATE_FILE = "adapter_state.safetensors"
+SUMMARY_FILE = "summary.json"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -49,6 +51,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
@@ -61,6 +65,8 @@ def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     return load_file(str(path))
 
 
@@ -101,6 +107,14 @@ class RunDir:
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
         body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         atomic_write_bytes(self.metrics_path, body.encode())
+
+    def summary(self) -> dict[str, Any]:
+        """The job's summary so far (empty when there is none yet)."""
+        path = self.path / SUMMARY_FILE
+        return dict(json.loads(path.read_text())) if path.is_file() else {}
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        atomic_write_bytes(self.path / SUMMARY_FILE, json.dumps(dict(summary), indent=2).encode())
 
     def save_state(self, tensors: Mapping[str, torch.Tensor]) -> None:
         save_tensors(self.path / STATE_FILE, tensors)

@@ -20,7 +20,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     [
         (["train", "--model", "nope"], "nope"),
         (["train", "--data", "/no/such/file.txt"], "/no/such/file.txt"),
-        (["train", "--rank", "0"], "lora.r"),
+        (["train", "--lora-r", "0"], "lora.r"),
         (["train", "--max-length", "0"], "data.max_length"),
         (
             ["simulate", "--clients", "3", "--clients-per-round", "5"],

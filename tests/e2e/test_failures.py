@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from fedpeft.config import JobConfig
+from fedpeft.coordinator.failures import RunFailed, check_run, failure_message
 from fedpeft.protocol.messages import TrainResult, TrainTask
 from fedpeft.simulation import run_simulation
-from fedpeft.simulation.failures import SimulationFailed, check_run, failure_message
 
 FEDPEFT = [sys.executable, "-m", "fedpeft.cli.main"]
 
@@ -43,7 +43,7 @@ def test_same_error_from_every_client_is_named_once() -> None:
         rec(1, 0, {"0": "TypeError: bad client 0\ntrace", "3": "TypeError: bad client 3"}),
         rec(2, 0, {"2": "TypeError: bad client 2"}),
     ]
-    with pytest.raises(SimulationFailed) as info:
+    with pytest.raises(RunFailed) as info:
         check_run(records)
     assert (
         str(info.value) == "all 2 round(s) failed: every client raised TypeError: bad client <id>"
@@ -84,7 +84,7 @@ def test_run_simulation_raises_after_the_first_round(tmp_path: Path, tiny_text_f
             "federation.partition": "iid",
         }
     )
-    with pytest.raises(SimulationFailed, match="every client raised AttributeError") as info:
+    with pytest.raises(RunFailed, match="every client raised AttributeError") as info:
         run_simulation(cfg, app_factory=lambda name: _BrokenApp(), export=False)
     assert "all 1 round(s) failed" in str(info.value)  # stopped: 4 more rounds would repeat it
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -114,7 +114,7 @@ def test_cli_exits_nonzero_with_the_clients_error(tmp_path: Path, tiny_text_file
         "1e30",
         "--local-epochs",
         "3",
-        "--data-max-length",
+        "--max-length",
         "16",
         "--output",
         str(tmp_path / "run"),

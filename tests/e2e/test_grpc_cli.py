@@ -21,6 +21,9 @@ RUN = ["client", "run", "--data", "x.txt", "--state", "/tmp/unused-fedpeft-clien
         ),
         ([*SERVE, "--eval-data", "x.txt"], ["--tls-cert", "TLS is required"]),
         ([*SERVE, "--tls-cert", "/no/c.pem", "--tls-key", "/no/k.pem"], ["/no/c.pem"]),
+        (SERVE[:4], ["--output", "run folder"]),
+        ([*SERVE, "--dp-epsilon", "-1"], ["dp.epsilon"]),  # the job's options reach the config
+        ([*SERVE, "--clients", "5", "--max-clients", "6"], ["--clients", "--max-clients"]),
         ([*RUN, "--coordinator", "10.1.2.3:50051", "--insecure-localhost"], ["127.0.0.1 only"]),
         ([*RUN, "--coordinator", "127.0.0.1:1", "--shard", "3/3"], ["--shard"]),
     ],

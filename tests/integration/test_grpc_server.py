@@ -24,7 +24,7 @@ from fedpeft.coordinator.server import CoordinatorServer, TlsFiles
 from fedpeft.coordinator.store import Store
 from fedpeft.errors import ConfigError
 from fedpeft.protocol import wire
-from fedpeft.protocol.messages import ClientState, TrainTask
+from fedpeft.protocol.messages import ClientState, TaskSettings, TrainTask
 from fedpeft.protocol.version import PROTOCOL_VERSION
 
 SETTINGS = FleetSettings(
@@ -85,7 +85,7 @@ def task_for(client_id: int, round_num: int = 1, downlink: bytes = b"weights") -
         downlink_is_delta=False,
         version=round_num - 1,
         state=ClientState(),
-        config={"lr": 0.5},
+        settings=TaskSettings(lr=0.5),
     )
 
 
@@ -116,7 +116,8 @@ def test_register_pull_push_roundtrip(fleet: Fleet, port: int, tmp_path: Path) -
     reply = conn.pull(1.0)
     assert reply.status is wire.PullStatus.TASK and reply.task is not None
     task = reply.task
-    assert (task.round, task.kind, task.seed, task.config) == (1, "train", 7, {"lr": 0.5})
+    assert (task.round, task.kind, task.seed) == (1, "train", 7)
+    assert TaskSettings.from_dict(task.config) == TaskSettings(lr=0.5)
     assert task.downlink == b"weights" and task.deadline_seconds > 50
     payload = np.random.default_rng(0).bytes(int(2.5 * 2**20))  # three 1 MiB chunks
     assert conn.push(header(task, payload), payload)

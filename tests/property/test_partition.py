@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fedpeft.data.partition import PartitionScheme, describe, partition
+from fedpeft.data.partition import PARTITIONERS, describe, partition
 from fedpeft.errors import ConfigError, DataError
 
 PROPERTY_SETTINGS = settings(
@@ -25,12 +27,12 @@ def problems(draw: st.DrawFn) -> dict[str, Any]:
     labels = draw(st.lists(st.integers(0, num_classes - 1), min_size=1, max_size=300))
     num_clients = draw(st.integers(1, min(len(labels), 25)))
     per_client_max = len(labels) // num_clients
-    scheme = draw(st.sampled_from(list(PartitionScheme)))
+    scheme = draw(st.sampled_from(list(PARTITIONERS)))
     shards_per_client = draw(st.integers(1, min(3, per_client_max)))
     # shards: array_split makes shards of floor(n/S) or one more, dealt at random, so a
     # client is only sure of shards_per_client * floor(n/S) examples
     guaranteed = per_client_max
-    if scheme is PartitionScheme.SHARDS:
+    if scheme == "shards":
         guaranteed = shards_per_client * (len(labels) // (num_clients * shards_per_client))
     return {
         "labels": labels,
@@ -50,7 +52,7 @@ def run(problem: dict[str, Any]) -> list[np.ndarray]:
     try:
         return partition(labels, **args)
     except DataError as e:
-        assert args["scheme"] is PartitionScheme.DIRICHLET and args["min_size"] > 0, str(e)
+        assert args["scheme"] == "dirichlet" and args["min_size"] > 0, str(e)
         assert "min_size" in str(e)
         assume(False)
         raise  # unreachable: assume(False) aborts the example
@@ -105,10 +107,7 @@ def test_shard_clients_hold_near_equal_sizes(labels: list[int], data: st.DataObj
     num_shards = k * per_client
 
     sizes = [
-        len(p)
-        for p in partition(
-            labels, k, PartitionScheme.SHARDS, shards_per_client=per_client, min_size=0
-        )
+        len(p) for p in partition(labels, k, "shards", shards_per_client=per_client, min_size=0)
     ]
 
     assert sum(sizes) == n
@@ -159,6 +158,17 @@ def test_dirichlet_failure_names_clients_and_suggests_fixes() -> None:
     assert "of 30 clients below min_size=2" in message
     assert re.search(r"clients \d+(, \d+)*", message)
     assert "fewer clients" in message and "larger alpha" in message
+
+
+def test_registry_names_the_schemes_and_imports_neither_torch_nor_config() -> None:
+    code = (
+        "import sys; from fedpeft.data.partition import PARTITIONERS; "
+        "print(list(PARTITIONERS), 'torch' in sys.modules, 'fedpeft.config' in sys.modules)"
+    )
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert out.stdout.split() == ["['iid',", "'dirichlet',", "'shards']", "False", "False"]
 
 
 def test_string_labels_and_scheme_strings() -> None:

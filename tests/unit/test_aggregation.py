@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedpeft.aggregation import ClientUpdate, FedAdam, FedAvg, FedExP, FedYogi, make_strategy
+from fedpeft.aggregation import (
+    STRATEGIES,
+    ClientUpdate,
+    FedAdam,
+    FedAvg,
+    FedExP,
+    FedYogi,
+    make_strategy,
+)
 from fedpeft.config import FederationConfig
 from fedpeft.errors import ConfigError
 
@@ -159,13 +167,34 @@ def test_fedexp_step_is_formula(values: list[tuple[int, float]], eps: float) -> 
     assert opt.train_metrics()["server_step"] == pytest.approx(max(1.0, ratio), rel=1e-6)
 
 
-def test_every_configurable_strategy_is_built() -> None:
-    from fedpeft.aggregation import STRATEGIES
-    from fedpeft.config import STRATEGY_NAMES
+def test_every_registered_strategy_is_configurable_and_built() -> None:
+    assert list(STRATEGIES) == ["fedavg", "fedexp", "fedadam", "fedyogi"]
+    for name, cls in STRATEGIES.items():
+        strategy = make_strategy(FederationConfig(strategy=name))
+        assert type(strategy) is cls and strategy.name == name
 
-    assert set(STRATEGIES) == set(STRATEGY_NAMES)
-    for name in STRATEGY_NAMES:
-        assert isinstance(make_strategy(FederationConfig(strategy=name)), STRATEGIES[name])
+
+def test_strategies_declare_what_aggregation_needs() -> None:
+    # FedExP's step reads the spread Σ p_i ‖Δ_i‖²; the others only the mean
+    needs = {s: make_strategy(FederationConfig(strategy=s)).needs_sq_norm for s in STRATEGIES}
+    assert needs == {"fedavg": False, "fedexp": True, "fedadam": False, "fedyogi": False}
+    assert make_strategy(FederationConfig(lora_aggregation="product")).needs_individual_updates
+    assert not make_strategy(FederationConfig()).needs_individual_updates
+
+
+def test_a_registered_strategy_needs_no_edit_in_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    class HalfStep(FedAvg):
+        name = "halfstep"
+
+        @classmethod
+        def from_config(cls, fed: FederationConfig) -> HalfStep:
+            return cls(server_lr=fed.server_lr / 2)
+
+    with pytest.raises(ConfigError, match=r"federation\.strategy"):
+        FederationConfig(strategy="halfstep")
+    monkeypatch.setitem(STRATEGIES, "halfstep", HalfStep)
+    strategy = make_strategy(FederationConfig(strategy="halfstep", server_lr=0.5))
+    assert isinstance(strategy, HalfStep) and strategy.server_lr == 0.25
 
 
 def test_fedexp_config() -> None:

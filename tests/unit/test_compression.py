@@ -15,7 +15,6 @@ from fedpeft.compression import (
     CompeftConfig,
     DenseCodec,
     DenseConfig,
-    ErrorFeedback,
     ScaleRule,
     Scope,
     available_codecs,
@@ -29,6 +28,7 @@ from fedpeft.compression import (
 )
 from fedpeft.compression.base import _write_frame, write_varint
 from fedpeft.compression.dense import bf16_round
+from fedpeft.compression.feedback import add_residual, residual_of
 from fedpeft.compression.golomb import (
     decode_gaps,
     encode_gaps,
@@ -162,9 +162,23 @@ def test_norm_scale_keeps_the_update_norm() -> None:
 
 
 def test_config_accepts_exactly_the_codec_scale_rules() -> None:
-    from fedpeft.config import COMPEFT_SCALES
+    from fedpeft.config import CodecSettings
 
-    assert set(COMPEFT_SCALES) == {rule.value for rule in ScaleRule}
+    for rule in ScaleRule:
+        assert CodecSettings(name="compeft", scale=rule.value).scale == rule.value
+    with pytest.raises(ConfigError, match=r"codec\.scale"):
+        CodecSettings(scale="median")
+
+
+def test_codecs_declare_whether_they_compress() -> None:
+    from fedpeft.compression import codec_class
+    from fedpeft.config import CodecSettings
+
+    assert {name: codec_class(name).compresses for name in available_codecs()} == {
+        "compeft": True,
+        "dense": False,
+    }
+    assert CodecSettings(name="compeft").compresses and not CodecSettings().compresses
 
 
 def test_global_scope_shares_top_k_and_scale() -> None:
@@ -378,80 +392,15 @@ def test_check_compatible() -> None:
 def test_error_feedback_accumulates_and_telescopes() -> None:
     rng = np.random.default_rng(5)
     codec = CompeftCodec(CompeftConfig(density=0.05))
-    feedback = ErrorFeedback()
+    residual = {"w": np.zeros((20, 10), np.float32)}
     updates = [{"w": rng.standard_normal((20, 10)).astype(np.float32)} for _ in range(6)]
     sent_total = np.zeros((20, 10), np.float64)
     for update in updates:
-        data = feedback.compress("c1", update, codec)
-        sent_total += codec.decode(data)["w"]
+        corrected = add_residual(update, residual)
+        sent = codec.decode(codec.encode(corrected))
+        residual = residual_of(corrected, sent)
+        sent_total += sent["w"]
     # Everything not sent yet is in the residual: sum(sent) + residual == sum(updates).
-    residual = feedback.residual("c1")
-    assert residual is not None
     np.testing.assert_allclose(
         sent_total + residual["w"], sum(u["w"].astype(np.float64) for u in updates), atol=1e-4
     )
-
-
-def test_error_feedback_apply_and_record() -> None:
-    feedback = ErrorFeedback()
-    update = {"w": np.array([1.0, 2.0], np.float32)}
-    np.testing.assert_array_equal(feedback.apply(3, update)["w"], [1.0, 2.0])
-    feedback.record(3, update, {"w": np.array([0.0, 2.0], np.float32)})
-    np.testing.assert_array_equal(feedback.residual(3)["w"], [1.0, 0.0])  # type: ignore[index]
-    np.testing.assert_array_equal(feedback.apply(3, update)["w"], [2.0, 2.0])
-    assert feedback.residual(4) is None and 3 in feedback and len(feedback) == 1
-    with pytest.raises(UpdateRejected, match="shape"):
-        feedback.apply(3, {"w": np.zeros(3, np.float32)})
-    with pytest.raises(UpdateRejected, match="missing"):
-        feedback.apply(3, {"v": np.zeros(2, np.float32)})
-    with pytest.raises(ConfigError, match="client_id"):
-        feedback.apply("a/b", update)
-    feedback.reset(3)
-    assert feedback.clients == []
-
-
-def test_error_feedback_state_round_trips(tmp_path) -> None:
-    feedback = ErrorFeedback()
-    feedback.record(
-        0,
-        {"layer.0/A": np.ones((2, 3), np.float32), "s": np.float32(2.0)},
-        {"layer.0/A": np.zeros((2, 3), np.float32), "s": np.float32(0.5)},
-    )
-    feedback.record("phone-7", {"e": np.zeros((0, 4), np.float32)}, {"e": np.zeros((0, 4))})
-    state = feedback.state_dict()
-    assert set(state) == {"0/layer.0/A", "0/s", "phone-7/e"}
-
-    restored = ErrorFeedback()
-    restored.load_state_dict(state)
-    path = tmp_path / "ef.safetensors"
-    feedback.save(path)
-    loaded = ErrorFeedback().load(path)
-    for other in (restored, loaded):
-        assert other.clients == [0, "phone-7"]
-        res0 = other.residual(0)
-        assert res0 is not None
-        np.testing.assert_array_equal(res0["layer.0/A"], np.ones((2, 3)))
-        assert res0["s"].shape == () and float(res0["s"]) == 1.5
-        res7 = other.residual("phone-7")
-        assert res7 is not None and res7["e"].shape == (0, 4)
-
-
-def test_error_feedback_decay_matches_the_simulation_client() -> None:
-    """A device client's ErrorFeedback and the simulated client's encode_update agree."""
-    from fedpeft.client.mods import ModContext, encode_update
-    from fedpeft.protocol.messages import ClientState
-
-    rng = np.random.default_rng(7)
-    codec = CompeftCodec(CompeftConfig(density=0.1))
-    feedback = ErrorFeedback(decay=0.5)
-    ctx = ModContext(4, 1, 10, ClientState())
-    for _ in range(3):
-        update = {"w": rng.standard_normal((16, 8)).astype(np.float32)}
-        device = feedback.compress(4, update, codec)
-        simulated = encode_update(codec, update, ctx, error_feedback=True, decay=0.5)
-        assert device == simulated
-        assert ctx.state.residual is not None
-        np.testing.assert_array_equal(feedback.residual(4)["w"], ctx.state.residual["w"])
-    for bad in (-0.1, 1.5, True):
-        with pytest.raises(ConfigError, match="feedback_decay"):
-            ErrorFeedback(decay=bad)

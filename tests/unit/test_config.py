@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from fedpeft.aggregation import LORA_AGGREGATIONS, STRATEGIES
+from fedpeft.compression import ScaleRule, available_codecs
 from fedpeft.config import JobConfig, dump_toml, load_config
+from fedpeft.data.partition import PARTITIONERS
 from fedpeft.errors import ConfigError
 
 BAD = [
@@ -30,6 +35,14 @@ BAD = [
     ({"codec.dense_below": -1}, "codec.dense_below"),
     ({"federation.server_momentum": 1.0}, "federation.server_momentum"),
     ({"codec.name": "zip"}, "codec.name"),
+    ({"codec.downlink": "zip"}, "codec.downlink"),
+    ({"codec.scale": "median"}, "codec.scale"),
+    ({"codec.scope": "row"}, "codec.scope"),
+    ({"codec.dtype": "fp8"}, "codec.dtype"),
+    ({"federation.partition": "random"}, "federation.partition"),
+    ({"federation.lora_aggregation": "mean"}, "federation.lora_aggregation"),
+    # FedExP steps by unnoised update norms (its class declares needs_sq_norm)
+    ({"federation.strategy": "fedexp", "dp.epsilon": 1.0}, "federation.strategy"),
     ({"model.device": "tpu"}, "model.device"),
     ({"lora.layers": -1}, "lora.layers"),
     ({"lora.layers": True}, "lora.layers"),
@@ -49,6 +62,33 @@ def test_invalid_values_name_the_field(overrides: dict, field: str) -> None:
         JobConfig().replace(overrides)
     assert err.value.field == field
     assert f"`{field}`" in str(err.value)
+
+
+def test_plug_in_names_are_read_from_their_registries() -> None:
+    """Every registered strategy, partitioner, codec and scale rule is a valid setting."""
+    config = JobConfig()
+    for name in STRATEGIES:
+        assert config.replace({"federation.strategy": name}).federation.strategy == name
+    for name in PARTITIONERS:
+        assert config.replace({"federation.partition": name}).federation.partition == name
+    for name in LORA_AGGREGATIONS:
+        fed = config.replace({"federation.lora_aggregation": name}).federation
+        assert fed.lora_aggregation == name
+    for name in available_codecs():
+        codec = config.replace({"codec.name": name, "codec.downlink": name}).codec
+        assert codec.downlink_mode == name
+    for rule in ScaleRule:
+        assert config.replace({"codec.scale": rule.value}).codec.scale == rule.value
+
+
+def test_auto_downlink_follows_whether_the_codec_compresses() -> None:
+    assert JobConfig().replace({"codec.name": "compeft"}).codec.downlink_mode == "chain"
+    assert JobConfig().replace({"codec.name": "dense"}).codec.downlink_mode == "dense"
+
+
+def test_config_imports_no_torch() -> None:
+    code = "import sys, fedpeft.config; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_toml_round_trip(tmp_path: Path) -> None:

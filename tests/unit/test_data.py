@@ -18,17 +18,17 @@ from typing import Any
 
 import pytest
 
-from fedpeft.data import builtin
-from fedpeft.data.datasets import (
+from fedpeft.data import (
     ALPACA_TEMPLATE,
     ALPACA_TEMPLATE_NO_INPUT,
     ClassificationData,
     DataFormat,
     InstructionData,
+    builtin,
     format_alpaca_prompt,
     load_dataset,
-    parse_orange_tab,
 )
+from fedpeft.data.formats import parse_orange_tab
 from fedpeft.errors import ConfigError, DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

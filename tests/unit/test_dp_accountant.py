@@ -15,7 +15,6 @@ from fedpeft.privacy.accountant import (
     RoundPrivacy,
     calibrate_local_sigma,
     calibrate_noise_multiplier,
-    describe_budget,
     epsilon,
     quiet_accountant,
     rounds_affordable,
@@ -326,14 +325,6 @@ def test_round_privacy_round_trips_through_a_dict() -> None:
         assert RoundPrivacy.from_dict(r.to_dict()) == r
     with pytest.raises(ConfigError, match="unknown"):
         RoundPrivacy.from_dict(rounds[0].to_dict() | {"colour": "red"})
-
-
-def test_describe_budget_is_one_line_with_the_numbers() -> None:
-    line = describe_budget(3.0, DELTA, 1.0, 2, 2.7656)
-    assert line == (
-        "privacy: epsilon 2.766 of 3 spent after 2 rounds (delta 1e-05, noise multiplier 1)"
-    )
-    assert "\n" not in describe_budget(None, DELTA, 0.8, 1, 1.0)
 
 
 # ---- absl warnings -----------------------------------------------------------------------

@@ -17,6 +17,11 @@ import pytest
         "fedpeft.simulation",
         "fedpeft.simulation.ray_backend",
         "fedpeft.protocol.messages",
+        "fedpeft.protocol.transport",
+        "fedpeft.client.factory",
+        "fedpeft.coordinator.engine",
+        "fedpeft.coordinator.server",
+        "fedpeft.config",
     ],
 )
 def test_wire_side_modules_do_not_import_torch(module: str) -> None:

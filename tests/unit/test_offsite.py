@@ -342,11 +342,11 @@ def assert_ip_guard(
 # ---- distillation --------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ["bert", "llama"])
 def test_distillation_lowers_the_hidden_state_mse(arch: str, tiny: dict[str, Path]) -> None:
-    from fedpeft.adapters.offsite import _load_full
+    from fedpeft.adapters.offsite.build import load_full
     from fedpeft.models.registry import load_tokenizer
 
     path = str(tiny[arch])
-    teacher, student = _load_full(path), _load_full(path)
+    teacher, student = load_full(path), load_full(path)
     layout = OffsiteLayout.uniform(6, 1, 2)
     drop_blocks(student, layout)
     texts = [f"{t} number {i}" for i in range(8) for t in TEXTS]

@@ -18,9 +18,9 @@ import pytest
 
 from conftest import ROOT, NumpyClientApp
 from fedpeft.config import JobConfig
-from fedpeft.coordinator.dp import clip_tensors
 from fedpeft.errors import ConfigError
 from fedpeft.privacy.accountant import RoundPrivacy, epsilon
+from fedpeft.privacy.clipping import clip_l2
 from fedpeft.privacy.ledger import PrivacyLedger
 from fedpeft.rundir import RunDir
 from fedpeft.simulation import run_simulation
@@ -153,9 +153,9 @@ def test_clip_bounds_what_is_sent_with_error_feedback(tmp_path: Path) -> None:
     """Error feedback adds the carried residual before the clip: the decoded update a
     client sends never exceeds C, round after round."""
     from fedpeft.client.mods import ModContext, reject_nonfinite
-    from fedpeft.client.secure import UpdateSender
+    from fedpeft.client.update import UpdateSender
     from fedpeft.protocol.codecs import uplink_codec
-    from fedpeft.protocol.messages import ClientState, TrainTask
+    from fedpeft.protocol.messages import ClientState, TaskSettings, TrainTask
 
     cfg = dp_job(
         tmp_path,
@@ -167,7 +167,7 @@ def test_clip_bounds_what_is_sent_with_error_feedback(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for round_num in range(1, 6):
         delta = {"w": rng.standard_normal(500).astype(np.float32)}  # norm ~22 >> C
-        task = TrainTask(round_num, 1, 0, b"", False, 0, state, config={"dp_clip": 0.3})
+        task = TrainTask(round_num, 1, 0, b"", False, 0, state, settings=TaskSettings(dp_clip=0.3))
         ctx = ModContext(1, round_num, 10, state)
         payload = sender.encode(task, delta, ctx)
         sent = codec.decode(payload)
@@ -175,10 +175,10 @@ def test_clip_bounds_what_is_sent_with_error_feedback(tmp_path: Path) -> None:
         assert state.residual is not None
 
 
-def test_clip_tensors_scales_the_whole_update() -> None:
+def test_clip_l2_scales_the_whole_update() -> None:
     d = {"a": np.full(4, 3.0, np.float32), "b": np.full(9, 4.0 / 3.0, np.float32)}
-    clipped, was = clip_tensors(d, 1.0)
-    assert was
+    clipped, norm, factor = clip_l2(d, 1.0)
+    assert factor < 1.0 and norm == pytest.approx(np.sqrt(52.0))
     norm = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in clipped.values()))
     assert norm == pytest.approx(1.0, rel=1e-6)
 

@@ -5,107 +5,17 @@ the coordinator, and compressed masking sends ≥ 20x fewer bytes than dense fp3
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from conftest import NumpyClientApp
-from fedpeft.aggregation import make_strategy
-from fedpeft.config import JobConfig
-from fedpeft.coordinator.engine import RoundEngine
-from fedpeft.coordinator.sampling import ClientSampler
+from conftest import NumpyClientApp, engine_for, secure_round
+from conftest import engine_job as job
 from fedpeft.coordinator.secure import SecureRound, auto_bits
 from fedpeft.errors import ConfigError
 from fedpeft.privacy.secagg.updates import SecureEncoding
-from fedpeft.protocol.codecs import downlink_codec, uplink_codec
-from fedpeft.protocol.messages import TrainResult, TrainTask
-from fedpeft.rundir import RunDir
-from fedpeft.simulation.dropout import DropoutBackend
-from fedpeft.simulation.inprocess import InProcessBackend
-
-CLIENTS = 8
-
-
-def job(tmp_path: Path, **settings: Any) -> JobConfig:
-    base: dict[str, Any] = {
-        "output": str(tmp_path / "run"),
-        "federation.clients": CLIENTS,
-        "federation.clients_per_round": 6,
-        "federation.rounds": 1,
-    }
-    base.update(settings)
-    return JobConfig().replace(base)
-
-
-class Spy:
-    """A backend wrapper that keeps every task and result crossing it (the coordinator's
-    whole view of the clients)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.tasks: list[TrainTask] = []
-        self.results: list[TrainResult] = []
-
-    def initial_state(self) -> Any:
-        return self.inner.initial_state()
-
-    def run(
-        self, tasks: Sequence[TrainTask], on_result: Callable[[TrainResult], None] | None = None
-    ) -> list[TrainResult]:
-        self.tasks.extend(tasks)
-        out = list(self.inner.run(tasks, on_result))
-        self.results.extend(out)
-        return out
-
-    def evaluate(self, params: Any) -> dict[str, float]:
-        return {}
-
-    def shutdown(self) -> None:
-        pass
-
-
-def engine_for(
-    cfg: JobConfig,
-    app: NumpyClientApp,
-    *,
-    secure: SecureRound | None,
-    dropout: tuple[float, str] | None = None,
-) -> tuple[RoundEngine, Spy]:
-    backend: Any = InProcessBackend(lambda _name: app)
-    if dropout is not None:
-        backend = DropoutBackend(backend, dropout[0], dropout[1], seed=0)
-    spy = Spy(backend)
-    fed = cfg.federation
-    run = RunDir(cfg.output)
-    run.create(cfg, {"task": "classification", "label_names": ["a", "b"]})
-    engine = RoundEngine(
-        backend=spy,
-        strategy=make_strategy(fed),
-        sampler=ClientSampler(fed.clients, fed.clients_per_round, fed.sampling, 0),
-        shards=[np.arange(3) for _ in range(fed.clients)],
-        uplink=uplink_codec(cfg.codec),
-        downlink=downlink_codec(cfg.codec),
-        run=run,
-        rounds=fed.rounds,
-        seed=0,
-        secure=secure,
-    )
-    engine.start_fresh()
-    return engine, spy
-
-
-def secure_round(bits: int = 40, density: float = 1.0, clip: float = 0.1) -> SecureRound:
-    return SecureRound(
-        tolerated_dropout=0.34,
-        bits=bits,
-        clip_range=clip,
-        weight_cap=64,
-        density=density,
-        seed=0,
-    )
 
 
 def expected_mean(app: NumpyClientApp, clients: Sequence[int]) -> dict[str, np.ndarray]:
@@ -181,7 +91,7 @@ def test_the_coordinator_never_holds_one_clients_update(tmp_path: Path) -> None:
     engine, spy = engine_for(cfg, app, secure=secure_round(bits=24))
     engine.run_round(1)
     train_tasks = [t for t in spy.tasks if t.kind == "train"]
-    enc = SecureEncoding.from_dict(train_tasks[0].config["secagg_encoding"])
+    enc = SecureEncoding.from_dict(train_tasks[0].settings.secagg_encoding)
     masked = {r.client_id: r for r in spy.results if r.metrics.get("train_loss")}
     assert len(masked) == 6
     for cid, result in masked.items():

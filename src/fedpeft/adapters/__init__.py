@@ -13,6 +13,7 @@ from fedpeft.adapters.lora import (
     trainable_shapes,
     trainable_state,
 )
+from fedpeft.adapters.model import AdaptedModel
 from fedpeft.adapters.offsite import (
     EmulatorInfo,
     OffsiteLayout,
@@ -26,6 +27,7 @@ ADAPTERS = {"lora": build_lora_model, "offsite": apply_offsite_adapter}
 
 __all__ = [
     "ADAPTERS",
+    "AdaptedModel",
     "EmulatorInfo",
     "OffsiteLayout",
     "Tensors",

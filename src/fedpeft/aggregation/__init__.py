@@ -4,47 +4,34 @@ from __future__ import annotations
 
 from fedpeft.aggregation.fedavg import FedAvg, FedExP
 from fedpeft.aggregation.fedopt import FedAdam, FedOpt, FedYogi
+from fedpeft.aggregation.lora_product import LORA_AGGREGATIONS
 from fedpeft.aggregation.strategy import (
+    STRATEGIES,
     AggregateStats,
     ClientUpdate,
+    FederationSettings,
     Strategy,
     Tensors,
     aggregate_stats,
+    register_strategy,
     weighted_mean,
     weighted_metrics,
 )
-from fedpeft.config import FederationConfig
 from fedpeft.errors import ConfigError
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    "fedavg": FedAvg,
-    "fedexp": FedExP,
-    "fedadam": FedAdam,
-    "fedyogi": FedYogi,
-}
 
-
-def make_strategy(cfg: FederationConfig) -> Strategy:
+def make_strategy(cfg: FederationSettings) -> Strategy:
     """The strategy named by ``federation.strategy``, configured from ``cfg``."""
-    if cfg.strategy == "fedavg":
-        return FedAvg(
-            server_lr=cfg.server_lr,
-            server_momentum=cfg.server_momentum,
-            lora_aggregation=cfg.lora_aggregation,
+    cls = STRATEGIES.get(cfg.strategy)
+    if cls is None:
+        raise ConfigError(
+            "federation.strategy", f"unknown strategy {cfg.strategy!r}; known: {sorted(STRATEGIES)}"
         )
-    if cfg.strategy == "fedexp":
-        if cfg.server_momentum:
-            raise ConfigError("federation.server_momentum", "fedexp has no server momentum")
-        return FedExP(server_lr=cfg.server_lr, eps=cfg.fedexp_eps)
-    if cfg.strategy in ("fedadam", "fedyogi"):
-        cls = STRATEGIES[cfg.strategy]
-        return cls(server_lr=cfg.server_lr, beta1=cfg.beta1, beta2=cfg.beta2, tau=cfg.tau)  # type: ignore[call-arg]
-    raise ConfigError(
-        "federation.strategy", f"unknown strategy {cfg.strategy!r}; known: {sorted(STRATEGIES)}"
-    )
+    return cls.from_config(cfg)
 
 
 __all__ = [
+    "LORA_AGGREGATIONS",
     "STRATEGIES",
     "AggregateStats",
     "ClientUpdate",
@@ -57,6 +44,7 @@ __all__ = [
     "Tensors",
     "aggregate_stats",
     "make_strategy",
+    "register_strategy",
     "weighted_mean",
     "weighted_metrics",
 ]

@@ -5,6 +5,7 @@ the same mean, extrapolated by a server step size read off the round's updates."
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Self
 
 import numpy as np
 
@@ -12,9 +13,11 @@ from fedpeft.aggregation.lora_product import LORA_AGGREGATIONS, product_aggregat
 from fedpeft.aggregation.strategy import (
     AggregateStats,
     ClientUpdate,
+    FederationSettings,
     Strategy,
     Tensors,
     aggregate_stats,
+    register_strategy,
     weighted_mean,
 )
 from fedpeft.errors import ConfigError
@@ -23,6 +26,7 @@ from fedpeft.errors import ConfigError
 _NO_STATS = AggregateStats(0, 0.0)
 
 
+@register_strategy
 class FedAvg(Strategy):
     """θ ← θ + η · v with v ← β · v + Σ n_i Δ_i / Σ n_i (η = server_lr, β = server_momentum).
 
@@ -68,6 +72,14 @@ class FedAvg(Strategy):
         self.needs_individual_updates = lora_aggregation == "product"
         self.velocity: Tensors = {}
 
+    @classmethod
+    def from_config(cls, fed: FederationSettings) -> Self:
+        return cls(
+            server_lr=fed.server_lr,
+            server_momentum=fed.server_momentum,
+            lora_aggregation=fed.lora_aggregation,
+        )
+
     def aggregate_train(
         self, round_num: int, current: Tensors, updates: Sequence[ClientUpdate]
     ) -> Tensors:
@@ -106,6 +118,7 @@ class FedAvg(Strategy):
         }
 
 
+@register_strategy
 class FedExP(FedAvg):
     """FedExP (Jhunjhunwala, Wang & Joshi, ICLR 2023, Algorithm 1): θ ← θ + η_g · Δ̄ with
 
@@ -122,6 +135,7 @@ class FedExP(FedAvg):
     """
 
     name = "fedexp"
+    needs_sq_norm = True
 
     def __init__(self, server_lr: float = 1.0, eps: float = 1e-3) -> None:
         super().__init__(server_lr=server_lr)
@@ -129,6 +143,12 @@ class FedExP(FedAvg):
             raise ConfigError("federation.fedexp_eps", f"must be > 0, got {eps}")
         self.eps = eps
         self.last_step = 1.0
+
+    @classmethod
+    def from_config(cls, fed: FederationSettings) -> Self:
+        if fed.server_momentum:
+            raise ConfigError("federation.server_momentum", "fedexp has no server momentum")
+        return cls(server_lr=fed.server_lr, eps=fed.fedexp_eps)
 
     def aggregate_train(
         self, round_num: int, current: Tensors, updates: Sequence[ClientUpdate]

@@ -11,14 +11,23 @@ The pseudo-gradient is the weighted mean update Δ̄. With m₀ = 0 and v₀ = �
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Self
 
 import numpy as np
 
-from fedpeft.aggregation.strategy import AggregateStats, Strategy, Tensors
+from fedpeft.aggregation.strategy import (
+    AggregateStats,
+    FederationSettings,
+    Strategy,
+    Tensors,
+    register_strategy,
+)
 from fedpeft.errors import ConfigError
 
 
 class FedOpt(Strategy):
+    """The shared loop of FedAdam and FedYogi; a subclass gives the second moment."""
+
     name = "fedopt"
 
     def __init__(
@@ -34,6 +43,10 @@ class FedOpt(Strategy):
         self.server_lr, self.beta1, self.beta2, self.tau = server_lr, beta1, beta2, tau
         self.m: Tensors = {}
         self.v: Tensors = {}
+
+    @classmethod
+    def from_config(cls, fed: FederationSettings) -> Self:
+        return cls(server_lr=fed.server_lr, beta1=fed.beta1, beta2=fed.beta2, tau=fed.tau)
 
     def _second_moment(self, v: np.ndarray, g2: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -64,6 +77,7 @@ class FedOpt(Strategy):
         self.v = {k[2:]: np.asarray(v, np.float64) for k, v in state.items() if k.startswith("v/")}
 
 
+@register_strategy
 class FedAdam(FedOpt):
     name = "fedadam"
 
@@ -71,6 +85,7 @@ class FedAdam(FedOpt):
         return self.beta2 * v + (1 - self.beta2) * g2
 
 
+@register_strategy
 class FedYogi(FedOpt):
     name = "fedyogi"
 

@@ -39,7 +39,10 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from fedpeft.aggregation.strategy import ClientUpdate, Tensors, example_weights
-from fedpeft.config import LORA_AGGREGATIONS
+
+#: ``federation.lora_aggregation``: average LoRA's A and B (FedAvg's default) or their
+#: products (this module)
+LORA_AGGREGATIONS = ("factors", "product")
 
 __all__ = ["LORA_AGGREGATIONS", "lora_pairs", "product_aggregate", "truncated_svd"]
 

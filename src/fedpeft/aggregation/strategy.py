@@ -4,6 +4,12 @@ As in Flower's ``Strategy``, the round loop belongs to the engine
 (:class:`fedpeft.coordinator.engine.RoundEngine`); a strategy only answers the hooks.
 Adapters travel as named float32 numpy arrays (``Tensors``); updates are deltas
 ``θ_local − θ_start``.
+
+Strategies register by name (:func:`register_strategy`, like the codecs of
+:mod:`fedpeft.compression`): ``federation.strategy`` is validated against
+:data:`STRATEGIES` and :func:`fedpeft.aggregation.make_strategy` is one lookup. This
+package stays free of :mod:`fedpeft.config` at import time because the config reads
+these registries.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
 
 import numpy as np
 
@@ -87,6 +93,21 @@ def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
     }
 
 
+class FederationSettings(Protocol):
+    """What strategies read of the job's ``[federation]`` section
+    (:class:`fedpeft.config.FederationConfig`; this package does not import the config,
+    which reads this package's registry)."""
+
+    strategy: str
+    server_lr: float
+    server_momentum: float
+    lora_aggregation: str
+    beta1: float
+    beta2: float
+    tau: float
+    fedexp_eps: float
+
+
 class Strategy(abc.ABC):
     """Hooks the round engine calls. Subclasses override hooks, never the loop.
 
@@ -101,6 +122,15 @@ class Strategy(abc.ABC):
     name: str = "strategy"
     #: True when aggregation needs each client's update (refused under secure aggregation)
     needs_individual_updates: bool = False
+    #: True when :meth:`aggregate_mean` reads ``stats.mean_sq_norm``: a secure round then
+    #: carries it as one more masked scalar per client, and DP refuses the strategy (the
+    #: norms are not noised)
+    needs_sq_norm: bool = False
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, fed: FederationSettings) -> Self:
+        """The strategy configured from the job's ``[federation]`` section."""
 
     def configure_train(self, round_num: int, client_ids: Sequence[int]) -> dict[str, Any]:
         """Per-round settings sent to every sampled client (empty: the job's defaults)."""
@@ -141,3 +171,18 @@ class Strategy(abc.ABC):
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         del state
+
+
+#: ``federation.strategy`` → strategy class, filled by :func:`register_strategy`
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+S = TypeVar("S", bound=type[Strategy])
+
+
+def register_strategy(cls: S) -> S:
+    """Class decorator registering a strategy under its ``name``."""
+    other = STRATEGIES.get(cls.name)
+    if other is not None and other is not cls:
+        raise ValueError(f"strategy name {cls.name!r} is already registered")
+    STRATEGIES[cls.name] = cls
+    return cls

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fedpeft.cli.coordinator import _log_to_stderr
+from fedpeft.cli.common import log_to_stderr
 from fedpeft.errors import ConfigError
 
 client_app = typer.Typer(
@@ -65,7 +65,7 @@ def run(
         threads=threads,
         max_rss_mb=max_rss_mb,
     )
-    _log_to_stderr()
+    log_to_stderr()
     raise typer.Exit(run_daemon(opts))
 
 

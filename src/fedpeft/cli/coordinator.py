@@ -2,156 +2,139 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import logging
-import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from fedpeft.cli.common import console, resolve_config
+from fedpeft.cli.common import config_file_option, console, log_to_stderr, resolve_config
+from fedpeft.cli.options import JOB_DEFAULTS, SIMULATION_ONLY, job_keys, job_options
 from fedpeft.config import JobConfig
 from fedpeft.errors import ConfigError
+from fedpeft.protocol.transport import TlsFiles
+
+if TYPE_CHECKING:
+    from fedpeft.coordinator.handlers import FleetSettings
+    from fedpeft.protocol.messages import ClientApp
 
 coordinator_app = typer.Typer(
     help="Run rounds with client daemons over gRPC (the model owner's side).",
     no_args_is_help=True,
 )
 
-# The same defaults as `fedpeft simulate`, so a deployment and its simulation agree.
-COORDINATOR_DEFAULTS: dict[str, Any] = {"train.epochs": 1.0, "train.lr": 2e-3}
+# serve's own options: where it listens, who may join, where its state lives
+_PANEL = "Server, TLS & state"
+STATE = typer.Option(
+    ..., "--state", help="coordinator state database (SQLite)", rich_help_panel=_PANEL
+)
+HOST = typer.Option(
+    None,
+    "--host",
+    help="listen address (default 0.0.0.0; 127.0.0.1 when insecure)",
+    rich_help_panel=_PANEL,
+)
+PORT = typer.Option(50051, "--port", help="gRPC port", rich_help_panel=_PANEL)
+INSECURE_LOCALHOST = typer.Option(
+    False,
+    "--insecure-localhost",
+    help="plaintext, allowed on 127.0.0.1 only",
+    rich_help_panel=_PANEL,
+)
+TLS_CERT = typer.Option(None, "--tls-cert", help="server certificate (PEM)", rich_help_panel=_PANEL)
+TLS_KEY = typer.Option(None, "--tls-key", help="server private key (PEM)", rich_help_panel=_PANEL)
+TLS_CA = typer.Option(
+    None,
+    "--tls-ca",
+    help="CA of client certificates: turns on mutual TLS",
+    rich_help_panel=_PANEL,
+)
+ENROLLMENT_TOKEN = typer.Option(
+    None,
+    "--enrollment-token",
+    envvar="FEDPEFT_ENROLLMENT_TOKEN",
+    help="clients must present it to register (default: open enrollment)",
+    rich_help_panel=_PANEL,
+)
+METRICS_PORT = typer.Option(
+    None, "--metrics-port", help="serve Prometheus /metrics on this port", rich_help_panel=_PANEL
+)
+ROUND_TIMEOUT = typer.Option(
+    14400.0,
+    "--round-timeout",
+    help="seconds a round waits for live clients (dead ones are dropped sooner)",
+    rich_help_panel=_PANEL,
+)
+HEARTBEAT_SECONDS = typer.Option(
+    5.0, "--heartbeat-seconds", help="client heartbeat interval", rich_help_panel=_PANEL
+)
+LIVENESS_SECONDS = typer.Option(
+    20.0,
+    "--liveness-seconds",
+    help="silent this long: a client is dropped from its round",
+    rich_help_panel=_PANEL,
+)
+WAIT_CLIENTS_TIMEOUT = typer.Option(
+    None,
+    "--wait-clients-timeout",
+    help="stop waiting for clients after this (default: wait)",
+    rich_help_panel=_PANEL,
+)
+SHUTDOWN_GRACE = typer.Option(
+    30.0,
+    "--shutdown-grace",
+    help="seconds to keep telling daemons the run is over",
+    rich_help_panel=_PANEL,
+)
+MAX_UPDATE_MB = typer.Option(
+    256.0, "--max-update-mb", help="largest client update", rich_help_panel=_PANEL
+)
+INLINE_DOWNLINK_KB = typer.Option(
+    1024,
+    "--inline-downlink-kb",
+    help="larger downlinks travel as fetched artifacts",
+    rich_help_panel=_PANEL,
+)
 
 
+@job_options(job_keys(without=SIMULATION_ONLY), defaults=JOB_DEFAULTS)
 def serve(
-    config: Path | None = typer.Option(None, "--config", help="TOML job file"),
-    model: str | None = typer.Option(None, "--model", help="backbone (registry name or path)"),
-    eval_data: str | None = typer.Option(
-        None, "--eval-data", help="held-out data; also fixes the task and label names"
-    ),
-    output: str | None = typer.Option(None, "--output", help="run folder (metrics, adapter)"),
-    state: Path = typer.Option(..., "--state", help="coordinator state database (SQLite)"),
-    host: str | None = typer.Option(
-        None, "--host", help="listen address (default 0.0.0.0; 127.0.0.1 when insecure)"
-    ),
-    port: int = typer.Option(50051, "--port", help="gRPC port"),
-    rounds: int | None = typer.Option(None, "--rounds", help="federated rounds"),
-    clients_per_round: int | None = typer.Option(
-        None, "--clients-per-round", help="clients sampled per round (waits for that many)"
-    ),
-    min_fit_clients: int | None = typer.Option(
-        None, "--min-fit-clients", help="fewest results for a round to count (quorum)"
-    ),
-    max_clients: int | None = typer.Option(
-        None, "--max-clients", help="most clients that may register (federation.clients)"
-    ),
-    lr: float | None = typer.Option(None, "--lr", help="client learning rate"),
-    epochs: float | None = typer.Option(None, "--local-epochs", help="local epochs per round"),
-    local_steps: int | None = typer.Option(None, "--local-steps", help="local steps per round"),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="local batch size"),
-    max_train_examples: int | None = typer.Option(
-        None, "--max-train-examples", help="cap on each client's local examples"
-    ),
-    max_eval_examples: int | None = typer.Option(
-        None, "--max-eval-examples", help="cap on the evaluation examples"
-    ),
-    seed: int | None = typer.Option(None, "--seed", help="seed (cohorts, initial adapter)"),
-    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads here"),
-    codec: str | None = typer.Option(None, "--codec", help="uplink codec: dense or compeft"),
-    density: float | None = typer.Option(None, "--density", help="compeft: fraction kept"),
-    error_feedback: bool | None = typer.Option(
-        None, "--error-feedback/--no-error-feedback", help="clients carry what compression dropped"
-    ),
-    downlink: str | None = typer.Option(
-        None, "--downlink", help="auto, dense, compeft or chain (see codec.downlink)"
-    ),
-    insecure_localhost: bool = typer.Option(
-        False, "--insecure-localhost", help="plaintext, allowed on 127.0.0.1 only"
-    ),
-    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="server certificate (PEM)"),
-    tls_key: Path | None = typer.Option(None, "--tls-key", help="server private key (PEM)"),
-    tls_ca: Path | None = typer.Option(
-        None, "--tls-ca", help="CA of client certificates: turns on mutual TLS"
-    ),
-    enrollment_token: str | None = typer.Option(
-        None,
-        "--enrollment-token",
-        envvar="FEDPEFT_ENROLLMENT_TOKEN",
-        help="clients must present it to register (default: open enrollment)",
-    ),
-    metrics_port: int | None = typer.Option(
-        None, "--metrics-port", help="serve Prometheus /metrics on this port"
-    ),
-    round_timeout: float = typer.Option(
-        14400.0,
-        "--round-timeout",
-        help="seconds a round waits for live clients (dead ones are dropped sooner)",
-    ),
-    heartbeat_seconds: float = typer.Option(
-        5.0, "--heartbeat-seconds", help="client heartbeat interval"
-    ),
-    liveness_seconds: float = typer.Option(
-        20.0, "--liveness-seconds", help="silent this long: a client is dropped from its round"
-    ),
-    wait_clients_timeout: float | None = typer.Option(
-        None, "--wait-clients-timeout", help="stop waiting for clients after this (default: wait)"
-    ),
-    shutdown_grace: float = typer.Option(
-        30.0, "--shutdown-grace", help="seconds to keep telling daemons the run is over"
-    ),
-    max_update_mb: float = typer.Option(256.0, "--max-update-mb", help="largest client update"),
-    inline_downlink_kb: int = typer.Option(
-        1024, "--inline-downlink-kb", help="larger downlinks travel as fetched artifacts"
-    ),
+    overrides: dict[str, Any],
+    config: Path | None = config_file_option(),
+    state: Path = STATE,
+    host: str | None = HOST,
+    port: int = PORT,
+    insecure_localhost: bool = INSECURE_LOCALHOST,
+    tls_cert: Path | None = TLS_CERT,
+    tls_key: Path | None = TLS_KEY,
+    tls_ca: Path | None = TLS_CA,
+    enrollment_token: str | None = ENROLLMENT_TOKEN,
+    metrics_port: int | None = METRICS_PORT,
+    round_timeout: float = ROUND_TIMEOUT,
+    heartbeat_seconds: float = HEARTBEAT_SECONDS,
+    liveness_seconds: float = LIVENESS_SECONDS,
+    wait_clients_timeout: float | None = WAIT_CLIENTS_TIMEOUT,
+    shutdown_grace: float = SHUTDOWN_GRACE,
+    max_update_mb: float = MAX_UPDATE_MB,
+    inline_downlink_kb: int = INLINE_DOWNLINK_KB,
 ) -> None:
     """Serve a federated job to client daemons; exits 0 when every round is done."""
-    from fedpeft.coordinator.handlers import FleetSettings
-    from fedpeft.coordinator.server import ServeOptions, TlsFiles, serve_job
+    from fedpeft.coordinator.server import ServeOptions, serve_job
 
-    overrides = {
-        "model.name": model,
-        "data.eval": eval_data,
-        "data.max_train_examples": max_train_examples,
-        "data.max_eval_examples": max_eval_examples,
-        "output": output,
-        "federation.rounds": rounds,
-        "federation.clients_per_round": clients_per_round,
-        "federation.min_fit_clients": min_fit_clients,
-        "federation.clients": max_clients,
-        "train.lr": lr,
-        "train.epochs": epochs,
-        "train.max_steps": local_steps,
-        "train.batch_size": batch_size,
-        "train.seed": seed,
-        "train.threads": threads,
-        "codec.name": codec,
-        "codec.density": density,
-        "codec.error_feedback": error_feedback,
-        "codec.downlink": downlink,
-    }
-    if config is not None:
-        cfg = resolve_config(config, overrides)
-    else:
-        cfg = JobConfig().replace(COORDINATOR_DEFAULTS).replace(overrides)
-    if output is None and config is None:
+    cfg = resolve_config(config, overrides, JOB_DEFAULTS)
+    if config is None and "output" not in overrides:
         raise ConfigError("--output", "name the run folder (metrics.jsonl, adapter, checkpoint)")
-    if (tls_cert is None) != (tls_key is None):
-        raise ConfigError("--tls-cert", "give both --tls-cert and --tls-key")
-    tls = TlsFiles(tls_cert, tls_key, tls_ca) if tls_cert and tls_key else None
-    if tls_ca is not None and tls is None:
-        raise ConfigError("--tls-ca", "mutual TLS needs --tls-cert and --tls-key too")
-    try:
-        fleet = FleetSettings(
-            enrollment_token=enrollment_token or None,
-            heartbeat_seconds=heartbeat_seconds,
-            liveness_seconds=liveness_seconds,
-            max_clients=cfg.federation.clients,
-            max_update_bytes=int(max_update_mb * 2**20),
-            inline_downlink_bytes=inline_downlink_kb * 1024,
-        )
-    except ValueError as exc:
-        raise ConfigError("--liveness-seconds", str(exc)) from exc
+    tls = _tls_files(tls_cert, tls_key, tls_ca)
+    fleet = _fleet_settings(
+        cfg,
+        enrollment_token,
+        heartbeat_seconds,
+        liveness_seconds,
+        max_update_mb,
+        inline_downlink_kb,
+    )
     opts = ServeOptions(
         state=state,
         host=host or ("127.0.0.1" if insecure_localhost else "0.0.0.0"),
@@ -164,9 +147,52 @@ def serve(
         shutdown_grace=shutdown_grace,
         fleet=fleet,
     )
-    _log_to_stderr()
-    summary = serve_job(cfg, opts)
+    log_to_stderr()
+    summary = serve_job(cfg, opts, app_factory=functools.partial(_coordinator_app, cfg))
     console.print(json.dumps(summary, indent=2))
+
+
+def _tls_files(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFiles | None:
+    """The server's TLS files (mutual TLS with ``ca``); None: plaintext."""
+    if (cert is None) != (key is None):
+        raise ConfigError("--tls-cert", "give both --tls-cert and --tls-key")
+    if cert is None or key is None:
+        if ca is not None:
+            raise ConfigError("--tls-ca", "mutual TLS needs --tls-cert and --tls-key too")
+        return None
+    return TlsFiles(cert, key, ca)
+
+
+def _fleet_settings(
+    cfg: JobConfig,
+    enrollment_token: str | None,
+    heartbeat_seconds: float,
+    liveness_seconds: float,
+    max_update_mb: float,
+    inline_downlink_kb: int,
+) -> FleetSettings:
+    """How the coordinator admits and watches its daemons."""
+    from fedpeft.coordinator.handlers import FleetSettings
+
+    try:
+        return FleetSettings(
+            enrollment_token=enrollment_token or None,
+            heartbeat_seconds=heartbeat_seconds,
+            liveness_seconds=liveness_seconds,
+            max_clients=cfg.federation.clients,
+            max_update_bytes=int(max_update_mb * 2**20),
+            inline_downlink_bytes=inline_downlink_kb * 1024,
+        )
+    except ValueError as exc:
+        raise ConfigError("--liveness-seconds", str(exc)) from exc
+
+
+def _coordinator_app(cfg: JobConfig, name: str) -> ClientApp:
+    """The coordinator's own app, which evaluates the global adapter on ``--eval-data``."""
+    from fedpeft.client.factory import app_factory
+    from fedpeft.coordinator.server import coordinator_config
+
+    return app_factory(coordinator_config(cfg))(name)
 
 
 def status(
@@ -214,15 +240,6 @@ def status(
             f"{took:.0f}",
         )
     console.print(table)
-
-
-def _log_to_stderr() -> None:
-    """Progress lines (rounds, clients, refused calls) at INFO on stderr for a service
-    (journald adds the time); ``--debug`` keeps DEBUG."""
-    fedpeft_log = logging.getLogger("fedpeft")
-    level = logging.getLevelName(os.environ.get("FEDPEFT_LOG_LEVEL", "INFO").upper())
-    if isinstance(level, int) and fedpeft_log.getEffectiveLevel() > level:
-        fedpeft_log.setLevel(level)
 
 
 coordinator_app.command("serve")(serve)

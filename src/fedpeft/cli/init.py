@@ -16,7 +16,8 @@ from typing import Any
 import typer
 
 from fedpeft.cli.common import console
-from fedpeft.config import JobConfig, _toml_value, load_config
+from fedpeft.cli.options import JOB_DEFAULTS
+from fedpeft.config import JobConfig, load_config, toml_value
 from fedpeft.errors import ConfigError
 
 HEADER = """\
@@ -57,7 +58,7 @@ def _field_lines(f: dataclasses.Field[Any], value: Any) -> list[str]:
     if value is None:
         out.append(f"# {f.name} =")
     else:
-        out.append(f"{f.name} = {_toml_value(value)}")
+        out.append(f"{f.name} = {toml_value(value)}")
     return out
 
 
@@ -66,14 +67,12 @@ def init(
     force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
 ) -> None:
     """Write a commented experiment file (the default job) to edit and run."""
-    from fedpeft.cli.simulate import SIMULATE_DEFAULTS
-
     if path.exists() and not force:
         raise ConfigError("PATH", f"{path} exists; pass --force to overwrite it")
     if path.suffix != ".toml":
         raise ConfigError("PATH", f"{path}: an experiment file ends in .toml")
     stem = path.stem
-    cfg = JobConfig().replace({**SIMULATE_DEFAULTS, "output": f"runs/{stem}"})
+    cfg = JobConfig().replace({**JOB_DEFAULTS, "output": f"runs/{stem}"})
     text = experiment_toml(cfg, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

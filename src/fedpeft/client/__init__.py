@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from fedpeft.client.mods import ModContext, UpdateMod, clip_l2, reject_nonfinite
+from fedpeft.client.mods import ModContext, UpdateMod, clip_mod, reject_nonfinite
 
 if TYPE_CHECKING:
     from fedpeft.client.app import LoraClientApp
@@ -18,7 +18,7 @@ __all__ = [
     "LoraClientApp",
     "ModContext",
     "UpdateMod",
-    "clip_l2",
+    "clip_mod",
     "reject_nonfinite",
 ]
 _LAZY = {"LoraClientApp"}

@@ -1,9 +1,9 @@
 """Client applications: what a (virtual) client does with a task.
 
-:class:`LoraClientApp` is the real one: it loads the frozen backbone **once** and then
-serves any number of virtual clients by swapping only the adapter weights, the data
-shard and the per-client state (DESIGN §7). The same object runs in the in-process
-backend, inside each Ray worker, and (later) behind the gRPC client daemon.
+:class:`LoraClientApp` loads the frozen backbone **once** and then serves any number of
+virtual clients by swapping only the adapter weights, the data shard and the per-client
+state. The same object runs in the in-process backend, inside each Ray worker, and behind
+the gRPC client daemon.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from fedpeft.adapters import load_trainable_state, trainable_state
 from fedpeft.adapters.lora import find_output_layer
 from fedpeft.aggregation.calibration import feature_stats
 from fedpeft.client.mods import ModContext, UpdateMod, reject_nonfinite
-from fedpeft.client.secure import CLIENT_ERRORS, UpdateSender
+from fedpeft.client.update import CLIENT_ERRORS, UpdateSender
 from fedpeft.compression import FULL_WEIGHTS_CODEC
 from fedpeft.config import JobConfig
 from fedpeft.protocol.codecs import apply_downlink, downlink_codec, uplink_codec
@@ -90,16 +90,16 @@ class LoraClientApp:
             load_trainable_state(self.model, held, source=task.client_id)
             shard = self._shard(task)
             train_cfg = self.cfg.train
-            if "lr" in task.config:  # the coordinator's round schedule
-                train_cfg = dataclasses.replace(train_cfg, lr=float(task.config["lr"]))
+            if task.settings.lr is not None:  # the coordinator's round schedule
+                train_cfg = dataclasses.replace(train_cfg, lr=task.settings.lr)
             hits = self.prefix.hits if self.prefix is not None else 0
             stats = train_local(
                 self.model,
                 shard,
                 train_cfg,
                 seed=task.seed,
-                proximal_mu=float(task.config.get("proximal_mu", 0.0)),
-                logit_adjustment=float(task.config.get("logit_adjustment", 0.0)),
+                proximal_mu=task.settings.proximal_mu,
+                logit_adjustment=task.settings.logit_adjustment,
                 prefix=self.prefix,
                 on_step=self.on_step,
             )
@@ -107,7 +107,7 @@ class LoraClientApp:
             delta = {k: (local[k] - held[k]).astype(np.float32) for k in held}
             # A dense downlink always sends full weights, so the held copy is only kept
             # (and shipped back in simulation) when deltas will be applied to it.
-            keep = held if self.downlink.name != "dense" else None
+            keep = held if self.downlink.compresses else None
             state = ClientState(version=task.version, held=keep, residual=task.state.residual)
             ctx = ModContext(task.client_id, task.round, len(shard), state)
             payload = self._encode(task, delta, ctx)

@@ -41,9 +41,9 @@ import numpy as np
 
 from fedpeft.compression.chain import is_chain
 from fedpeft.config import JobConfig
-from fedpeft.errors import ConfigError, FedPeftError
+from fedpeft.errors import ConfigError, FedPeftError, ProtocolError
 from fedpeft.protocol import serde, wire
-from fedpeft.protocol.messages import ClientState, Tensors, TrainResult, TrainTask
+from fedpeft.protocol.messages import ClientState, TaskSettings, Tensors, TrainResult, TrainTask
 from fedpeft.protocol.transport import MAX_MESSAGE_BYTES, check_transport
 from fedpeft.protocol.version import (
     CHUNK_BYTES,
@@ -393,8 +393,6 @@ class ClientDaemon:
         from fedpeft.client.app import LoraClientApp
 
         cfg = self.job_config()
-        if cfg.data.eval is None and cfg.data.train in ("reuters-r8", "reuters-r8:train"):
-            pass  # the built-in corpus brings its own test split; harmless here
         self.app = LoraClientApp(cfg, name=f"client-{self.client_id}")
         self.app.on_step = self._on_step
         job = self.state.job() or {}
@@ -508,6 +506,10 @@ class ClientDaemon:
             # a chain from version 0 starts at the initial adapter the app builds itself
             if held is None and not (wt.base_version == 0 and is_chain(downlink)):
                 return fail(f"{STATE_MISMATCH}: no held adapter of version {wt.base_version}")
+        try:
+            settings = TaskSettings.from_dict(wt.config)
+        except ProtocolError as exc:
+            return fail(str(exc))
         task = TrainTask(
             round=wt.round,
             client_id=self.client_id,
@@ -517,7 +519,7 @@ class ClientDaemon:
             version=wt.version,
             state=ClientState(version=wt.base_version, held=held, residual=self.state.residual()),
             indices=self.indices,
-            config=wt.config,
+            settings=settings,
             kind=wt.kind,
             secagg=wt.secagg,
         )

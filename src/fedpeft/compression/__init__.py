@@ -10,7 +10,9 @@ versioned, checksummed message and back::
     decoded = codec.decode(data)         # == codec.reconstruct(update), bit for bit
 
 Codecs register themselves by name (``register_codec``), like PEFT tuners;
-``available_codecs()`` lists them. Decoding failures are always
+``available_codecs()`` lists them, and ``codec.name`` in a job's config is
+validated against them. Each codec declares whether it ``compresses`` (callers
+never compare names). Decoding failures are always
 :class:`fedpeft.errors.CodecError`; a coordinator then calls
 :func:`check_compatible` to reject updates with wrong names, shapes or NaN/Inf.
 """
@@ -39,8 +41,7 @@ from fedpeft.compression.compeft import (
     wire_breakdown,
     wire_size_bits_floor,
 )
-from fedpeft.compression.dense import DenseCodec, DenseConfig
-from fedpeft.compression.feedback import ErrorFeedback
+from fedpeft.compression.dense import WIRE_DTYPES, DenseCodec, DenseConfig
 
 #: Full adapter weights (first contact, dense downlink) always travel as dense fp32, so a
 #: client can rebuild them exactly whatever codec the job uses for updates.
@@ -51,12 +52,12 @@ __all__ = [
     "FORMAT_VERSION",
     "FULL_WEIGHTS_CODEC",
     "MAGIC",
+    "WIRE_DTYPES",
     "Codec",
     "CompeftCodec",
     "CompeftConfig",
     "DenseCodec",
     "DenseConfig",
-    "ErrorFeedback",
     "Frame",
     "ScaleRule",
     "Scope",

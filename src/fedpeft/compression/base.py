@@ -397,6 +397,10 @@ class Codec(abc.ABC):
     name: ClassVar[str]
     wire_id: ClassVar[int]
     config_cls: ClassVar[type]
+    #: True for a codec that drops or coarsens coordinates by design (ComPEFT), False for
+    #: the dense baseline. A compressing codec can only carry deltas against what the
+    #: receiver holds; full weights travel dense.
+    compresses: ClassVar[bool]
 
     def encode(self, tensors: Mapping[str, np.ndarray]) -> bytes:
         """Serialise ``tensors`` into one self-describing, checksummed message."""
@@ -473,14 +477,16 @@ C = TypeVar("C", bound=type[Codec])
 def register_codec(name: str, config_cls: type) -> Callable[[C], C]:
     """Class decorator registering a codec under ``name`` with its config dataclass.
 
-    The class must define a unique ``wire_id`` (0-255) and accept its config as
-    the only constructor argument.
+    The class must define a unique ``wire_id`` (0-255) and ``compresses``, and accept
+    its config as the only constructor argument.
     """
 
     def decorator(cls: C) -> C:
         wire_id = getattr(cls, "wire_id", None)
         if not isinstance(wire_id, int) or not 0 <= wire_id <= 255:
             raise TypeError(f"codec {cls.__name__} needs an int `wire_id` in [0, 255]")
+        if not isinstance(getattr(cls, "compresses", None), bool):
+            raise TypeError(f"codec {cls.__name__} needs a bool `compresses`")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"codec name {name!r} is already registered")
         other = _BY_WIRE_ID.get(wire_id)

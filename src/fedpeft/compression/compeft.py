@@ -281,6 +281,7 @@ class CompeftCodec(Codec):
     """Top-k + sign + scale, with Golomb–Rice coded positions. See the module docstring."""
 
     wire_id: ClassVar[int] = 2
+    compresses: ClassVar[bool] = True
 
     def __init__(self, config: CompeftConfig | None = None) -> None:
         self.config = config if config is not None else CompeftConfig()

@@ -21,10 +21,19 @@ import numpy as np
 from fedpeft.compression.base import Codec, WireReader, register_codec
 from fedpeft.errors import CodecError, ConfigError
 
-__all__ = ["DenseCodec", "DenseConfig", "bf16_bits", "bf16_round", "from_bf16_bits"]
+__all__ = [
+    "WIRE_DTYPES",
+    "DenseCodec",
+    "DenseConfig",
+    "bf16_bits",
+    "bf16_round",
+    "from_bf16_bits",
+]
 
 _DTYPES: dict[str, tuple[int, int]] = {"fp32": (0, 4), "fp16": (1, 2), "bf16": (2, 2)}
 _CODE_TO_DTYPE = {code: name for name, (code, _) in _DTYPES.items()}
+#: ``dtype`` values of :class:`DenseConfig` (and of ``codec.dtype``)
+WIRE_DTYPES = tuple(_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,7 @@ class DenseCodec(Codec):
     """All coordinates, at the configured precision."""
 
     wire_id: ClassVar[int] = 1
+    compresses: ClassVar[bool] = False
 
     def __init__(self, config: DenseConfig | None = None) -> None:
         self.config = config if config is not None else DenseConfig()

@@ -36,20 +36,12 @@ from typing import Any
 import numpy as np
 
 from fedpeft.errors import ConfigError
+from fedpeft.privacy.clipping import clip_l2
 from fedpeft.protocol.messages import Tensors
 
 log = logging.getLogger(__name__)
 
 LEDGER_FILE = "privacy.db"
-
-
-def clip_tensors(delta: Tensors, clip: float) -> tuple[Tensors, bool]:
-    """``delta`` scaled to L2 norm ≤ ``clip`` over all tensors; whether it was clipped."""
-    norm = math.sqrt(sum(float(np.square(v, dtype=np.float64).sum()) for v in delta.values()))
-    if norm <= clip or norm == 0.0:
-        return delta, False
-    factor = clip / norm
-    return {k: (v * factor).astype(np.float32) for k, v in delta.items()}, True
 
 
 @dataclass(frozen=True)
@@ -252,7 +244,7 @@ class DpController:
         cohort size (uniform weights). The noise comes from the OS's entropy, not the run
         seed: a seeded noise draw would be reproducible by anyone who knows the seed."""
         del round_num
-        clipped = [clip_tensors(d, self.clip) for d in deltas]
+        clipped = [(c, factor < 1.0) for c, _, factor in (clip_l2(d, self.clip) for d in deltas)]
         rng = np.random.default_rng()
         k = float(self.sample_size)
         mean: Tensors = {}
@@ -286,9 +278,6 @@ class DpController:
         )
         return user * factor
 
-    def round_info(self, *, survivors: int) -> dict[str, Any]:
-        return {"dp_survivors": survivors}
-
     def close(self) -> None:
         if self._ledger is not None:
             self._ledger.close()
@@ -314,16 +303,25 @@ def distributed_round_privacy(ctl: DpController, cohort: int) -> Any:
     )
 
 
-def make_dp_controller(cfg: Any, run_dir: Path, *, distributed: bool) -> DpController:
+def make_dp_controller(
+    cfg: Any, run_dir: Path, *, distributed: bool, population: int
+) -> DpController:
     """Build the controller from a JobConfig: calibrate z from the target, or check the
     given z against the budget; refuse (ConfigError, with the numbers) a target that no
-    trainable noise can meet."""
+    trainable noise can meet. ``population``: the clients each cohort is drawn from (the
+    accountant's sampling amplification rests on it)."""
     from fedpeft.privacy.accountant import calibrate_noise_multiplier, rounds_affordable
 
     dp, fed = cfg.dp, cfg.federation
+    if dp.target_delta >= 1.0 / population:
+        raise ConfigError(
+            "dp.delta",
+            f"{dp.target_delta} must be < 1/clients = {1.0 / population:.3g} "
+            "(a larger delta could release one client's data outright)",
+        )
     common = {
         "sampling": fed.sampling,
-        "population": fed.clients,
+        "population": population,
         "sample_size": fed.clients_per_round,
         "accountant": dp.accountant,
     }

@@ -178,7 +178,7 @@ class GrpcBackend:
     def _complete(self, task: TrainTask, result: TrainResult) -> TrainResult:
         """The result as the engine expects it: with the state the client now holds."""
         if task.kind == "train" and result.ok:
-            held = self._reconstruct(task) if self.downlink.name != "dense" else None
+            held = self._reconstruct(task) if self.downlink.compresses else None
             result.state = ClientState(version=task.version, held=held, residual=None)
         return result
 

@@ -208,7 +208,7 @@ class Fleet:
             task_id=task_id,
             round=task.round,
             kind=task.kind,
-            config=dict(task.config),
+            config=task.settings.to_dict(),
             downlink=downlink,
             artifact=artifact,
             downlink_is_delta=task.downlink_is_delta,
@@ -289,7 +289,7 @@ class Fleet:
 
 def task_identity(run_id: str, task: TrainTask) -> str:
     """The task id: a digest of everything the client is asked (run, round, kind, client,
-    versions, seed, config, downlink, SecAgg message). A restarted coordinator that poses
+    versions, seed, settings, downlink, SecAgg message). A restarted coordinator that poses
     the very same task again gets the same id, so a result computed for it before the
     crash is still taken; anything different (another base adapter, a fresh SecAgg
     instance) is a new task and the old result is stale. Replays are stopped by the
@@ -297,7 +297,7 @@ def task_identity(run_id: str, task: TrainTask) -> str:
     h = hashlib.sha256()
     fields = (run_id, task.round, task.kind, task.client_id, task.state.version, task.version)
     h.update(json.dumps([*fields, task.seed, task.downlink_is_delta]).encode())
-    h.update(json.dumps(task.config, sort_keys=True, default=str).encode())
+    h.update(json.dumps(task.settings.to_dict(), sort_keys=True, default=str).encode())
     h.update(hashlib.sha256(task.downlink).digest())
     h.update(hashlib.sha256(task.secagg).digest())
     return h.hexdigest()[:32]

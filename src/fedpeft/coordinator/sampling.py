@@ -44,3 +44,8 @@ class ClientSampler:
         else:
             chosen = np.flatnonzero(rng.random(self.num_clients) < self.rate)
         return sorted(int(c) for c in chosen)
+
+
+def client_seed(seed: int, round_num: int, client_id: int) -> int:
+    """A per-(round, client) seed, independent of which worker runs the task."""
+    return int(np.random.default_rng([seed, round_num, client_id]).integers(0, 2**31 - 1))

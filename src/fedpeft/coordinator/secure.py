@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from fedpeft.coordinator.collect import Collected, RoundContext, round_record
 from fedpeft.errors import ConfigError, ProtocolError
 from fedpeft.privacy.secagg.updates import SecureEncoding, SecureSum, decode_secure_sum
-from fedpeft.protocol.messages import TrainResult, TrainTask
+from fedpeft.protocol.messages import TaskSettings, TrainResult, TrainTask
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,49 @@ class SecureRound:
             noise_sigma=sigma,
         )
 
+    def check_strategy(self, strategy: Any) -> None:
+        if strategy.needs_individual_updates:
+            raise ConfigError(
+                "federation.lora_aggregation",
+                f"{strategy.name} needs each client's update; secure aggregation gives the sum",
+            )
+
+    def collect(self, ctx: RoundContext, tasks: Sequence[TrainTask]) -> Collected:
+        """One secure round: plan the public encoding (with the privacy mechanism's noise
+        and weights), run the stages, and keep only the decoded sum."""
+        dim = sum(int(np.prod(s, dtype=np.int64)) for s in ctx.shapes.values())
+        sent = dim if self.density >= 1.0 else max(1, math.ceil(self.density * dim))
+        plan = ctx.plan_encoding(bits=self.bits, cohort=len(tasks), dim=sent)
+        enc = self.encoding(
+            ctx.round_num,
+            len(tasks),
+            ctx.shapes,
+            with_sq_norm=ctx.needs_sq_norm,
+            uniform_weights=plan.uniform_weights,
+            clip_range=plan.clip_range,
+            levels=plan.levels,
+            noise_sigma=plan.noise_sigma,
+        )
+        outcome = self.run(ctx.backend, ctx.round_num, tasks, enc, ctx.shapes, ctx.on_result)
+        trained = [r for r in outcome.results if r.error is None]
+        record = round_record(ctx.round_num, len(tasks), len(outcome.survivors), outcome.rejected)
+        record.update(_traffic(outcome, enc, trained))
+        record.update(_client_means(trained))
+        out = Collected(
+            record,
+            len(outcome.survivors),
+            total=outcome.total,
+            states={r.client_id: r.state for r in trained if r.state is not None},
+        )
+        if outcome.failed is not None or outcome.total is None:
+            out.failed = outcome.failed or "secure aggregation produced no sum"
+        elif len(outcome.survivors) < ctx.min_fit_clients:
+            out.failed = (
+                f"{len(outcome.survivors)} survivors < min_fit_clients={ctx.min_fit_clients}; "
+                "global adapter unchanged"
+            )
+        return out
+
     def run(
         self,
         backend: Any,
@@ -138,10 +182,11 @@ class SecureRound:
         shapes: dict[str, tuple[int, ...]],
         on_result: Callable[[TrainResult], None] | None = None,
     ) -> SecureOutcome:
-        from fedpeft.privacy.secagg import SecAggAborted, SecAggRejected, SecAggServer, plan_secagg
+        """Advertise keys → share keys → train (masked inputs) → unmask, then decode the
+        survivors' sum; a round the protocol aborts is an outcome with ``failed`` set."""
+        from fedpeft.privacy.secagg import SecAggAborted, SecAggServer, plan_secagg
 
         cohort = [t.client_id for t in train_tasks]
-        by_client = {t.client_id: t for t in train_tasks}
         params = plan_secagg(
             cohort,
             length=enc.length,
@@ -150,69 +195,123 @@ class SecureRound:
             seed=self.seed,
             dropout_fraction=self.tolerated_dropout,
         )
-        server = SecAggServer(params)
-        out = SecureOutcome(total=None, results=[])
-
-        answered: set[int] = set(cohort)  # who answered every stage so far
-
-        def stage(name: str, tasks: list[TrainTask], notify: bool = False) -> list[TrainResult]:
+        stages = _Stages(backend, SecAggServer(params), params.to_bytes(), train_tasks, on_result)
+        try:
+            stages.run("advertise", stages.cheap(cohort, "secagg_advertise"))
+            stages.run("share", stages.cheap(stages.server.expected(), "secagg_share"))
+            stages.out.results = stages.run("train", stages.train(enc), notify=True)
+            stages.out.survivors = tuple(stages.server.survivors)
+            stages.run("unmask", stages.cheap(stages.server.expected(), "secagg_unmask"))
             start = time.perf_counter()
-            accepted: set[int] = set()
-            out.bytes_down += sum(len(t.secagg) + len(t.downlink) for t in tasks)
-            results = backend.run(tasks, on_result if notify else None)
-            out.bytes_up += sum(len(r.payload) for r in results)
-            for result in sorted(results, key=lambda r: r.client_id):
-                if result.error is not None:
-                    out.rejected.setdefault(result.client_id, result.error)
-                    continue
-                try:
-                    server.receive(result.client_id, result.payload)
-                    accepted.add(result.client_id)
-                except SecAggRejected as exc:
-                    log.warning("round %d, %s stage: %s", round_num, name, exc)
-                    out.rejected.setdefault(result.client_id, str(exc))
-            answered.intersection_update(accepted)
-            server.close_stage()
-            out.seconds[f"secagg_{name}_seconds"] = time.perf_counter() - start
-            return results
+            stages.out.total = decode_secure_sum(stages.server.result(), enc, shapes)
+            stages.out.seconds["secagg_server_decode_seconds"] = time.perf_counter() - start
+        except (SecAggAborted, ProtocolError) as exc:
+            stages.out.failed = f"secure aggregation aborted: {exc}; global adapter unchanged"
+            log.warning("round %d: %s", round_num, stages.out.failed)
+        # dropped: every client that stopped answering at some stage (before or after its
+        # masked input reached the sum) or whose message was refused
+        stages.out.dropped = tuple(sorted(set(cohort) - stages.answered))
+        return stages.out
 
-        def stage_task(cid: int, kind: str) -> TrainTask:
-            """A cheap stage: the protocol message only (no weights, data or config)."""
-            return dataclasses.replace(
-                by_client[cid],
+
+class _Stages:
+    """One secure round's stages through a backend: who answered, traffic, timings."""
+
+    def __init__(
+        self,
+        backend: Any,
+        server: Any,
+        params_bytes: bytes,
+        train_tasks: Sequence[TrainTask],
+        on_result: Callable[[TrainResult], None] | None,
+    ) -> None:
+        self.backend = backend
+        self.server = server  # fedpeft.privacy.secagg.SecAggServer
+        self.params_bytes = params_bytes
+        self.by_client = {t.client_id: t for t in train_tasks}
+        self.on_result = on_result
+        self.answered: set[int] = set(self.by_client)  # who answered every stage so far
+        self.out = SecureOutcome(total=None, results=[])
+
+    def cheap(self, clients: Sequence[int], kind: str) -> list[TrainTask]:
+        """A cheap stage's tasks: the protocol message only (no weights, data or settings)."""
+        return [
+            dataclasses.replace(
+                self.by_client[cid],
                 downlink=b"",
                 downlink_is_delta=False,
                 indices=None,
-                config={},
+                settings=TaskSettings(),
                 kind=kind,
-                secagg=server.message_for(cid) if kind != "secagg_advertise" else params_bytes,
+                secagg=(
+                    self.params_bytes
+                    if kind == "secagg_advertise"
+                    else self.server.message_for(cid)
+                ),
             )
+            for cid in clients
+        ]
 
-        params_bytes = params.to_bytes()
-        try:
-            stage("advertise", [stage_task(c, "secagg_advertise") for c in cohort])
-            stage("share", [stage_task(c, "secagg_share") for c in server.expected()])
-            config = {"secagg_encoding": enc.to_dict()}
-            trained = [
-                dataclasses.replace(
-                    by_client[c],
-                    secagg=server.message_for(c),
-                    config={**by_client[c].config, **config},
-                )
-                for c in server.expected()
-            ]
-            out.results = stage("train", trained, notify=True)
-            out.survivors = tuple(server.survivors)
-            unmask = [stage_task(c, "secagg_unmask") for c in server.expected()]
-            stage("unmask", unmask)
-            start = time.perf_counter()
-            field_sum = server.result()
-            out.total = decode_secure_sum(field_sum, enc, shapes)
-            out.seconds["secagg_server_decode_seconds"] = time.perf_counter() - start
-        except (SecAggAborted, ProtocolError) as exc:
-            out.failed = f"secure aggregation aborted: {exc}; global adapter unchanged"
-            log.warning("round %d: %s", round_num, out.failed)
-        # dropped: every client that stopped answering at some stage (before or after its
-        # masked input reached the sum) or whose message was refused
-        out.dropped = tuple(sorted(set(cohort) - answered))
-        return out
+    def train(self, enc: SecureEncoding) -> list[TrainTask]:
+        """The masked-input stage: each survivor's training task with the encoding."""
+        encoding = enc.to_dict()
+        return [
+            dataclasses.replace(
+                self.by_client[cid],
+                secagg=self.server.message_for(cid),
+                settings=self.by_client[cid].settings.replace(secagg_encoding=encoding),
+            )
+            for cid in self.server.expected()
+        ]
+
+    def run(self, name: str, tasks: list[TrainTask], notify: bool = False) -> list[TrainResult]:
+        from fedpeft.privacy.secagg import SecAggRejected
+
+        start = time.perf_counter()
+        accepted: set[int] = set()
+        self.out.bytes_down += sum(len(t.secagg) + len(t.downlink) for t in tasks)
+        results = self.backend.run(tasks, self.on_result if notify else None)
+        self.out.bytes_up += sum(len(r.payload) for r in results)
+        for result in sorted(results, key=lambda r: r.client_id):
+            if result.error is not None:
+                self.out.rejected.setdefault(result.client_id, result.error)
+                continue
+            try:
+                self.server.receive(result.client_id, result.payload)
+                accepted.add(result.client_id)
+            except SecAggRejected as exc:
+                log.warning("round %d, %s stage: %s", tasks[0].round if tasks else 0, name, exc)
+                self.out.rejected.setdefault(result.client_id, str(exc))
+        self.answered.intersection_update(accepted)
+        self.server.close_stage()
+        self.out.seconds[f"secagg_{name}_seconds"] = time.perf_counter() - start
+        return results
+
+
+def _traffic(
+    outcome: SecureOutcome, enc: SecureEncoding, trained: list[TrainResult]
+) -> dict[str, Any]:
+    """A secure round's traffic and protocol view for its metrics line."""
+    masked_bytes = sum(len(r.payload) for r in trained)
+    return {
+        "bytes_up": outcome.bytes_up,
+        "bytes_down": outcome.bytes_down,
+        "secagg_survivors": len(outcome.survivors),
+        "secagg_dropped": sorted(outcome.dropped),
+        "secagg_bits": enc.bits,
+        "secagg_levels": enc.levels,
+        "secagg_coordinates_sent": enc.sent,
+        # bits on the wire per adapter coordinate, masked vectors only
+        "secagg_bits_per_coordinate": 8.0 * masked_bytes / max(1, len(trained)) / enc.dim,
+        **outcome.seconds,
+    }
+
+
+def _client_means(trained: list[TrainResult]) -> dict[str, float]:
+    """Clients' own reports (loss, clip share) as plain means: no weights travel."""
+    keys = sorted({k for r in trained for k in r.metrics})
+    out: dict[str, float] = {}
+    for key in keys:
+        values = [float(r.metrics[key]) for r in trained if key in r.metrics]
+        out[key] = float(np.mean(values))
+    return out

@@ -1,10 +1,10 @@
 """Coordinator bootstrap: the gRPC server (TLS, limits, health) and a whole deployed job.
 
 :class:`CoordinatorServer` runs a ``grpc.aio`` server on its own thread and event loop;
-:func:`serve_job` runs the same :class:`~fedpeft.coordinator.engine.RoundEngine` as the
-simulation on the calling thread, with a :class:`~fedpeft.coordinator.grpc_backend.GrpcBackend`,
-writes the run folder like the simulation does (metrics.jsonl, checkpoint, adapter),
-tells the daemons the run is over and returns the summary.
+:func:`serve_job` runs a :class:`~fedpeft.coordinator.job.Job` (the simulation's lifecycle:
+run folder, checkpoint, adapter, summary) on the calling thread with a
+:class:`~fedpeft.coordinator.grpc_backend.GrpcBackend`, keeps the run's status in the state
+database, tells the daemons the run is over and returns the summary.
 
 Restarting with the same ``--output`` resumes at the last checkpointed round; the state
 database (``--state``) keeps clients (so daemons reconnect as themselves) and accepted
@@ -19,12 +19,12 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import numpy as np
 
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.handlers import Fleet, FleetSettings
@@ -32,6 +32,8 @@ from fedpeft.coordinator.metrics import FleetMetrics
 from fedpeft.coordinator.servicer import FleetServicer, add_fleet_servicer
 from fedpeft.coordinator.store import Store
 from fedpeft.errors import ConfigError, FedPeftError
+from fedpeft.models import resolve_model_path
+from fedpeft.protocol.messages import AppFactory
 from fedpeft.protocol.transport import MAX_MESSAGE_BYTES, TlsFiles, check_transport
 from fedpeft.protocol.version import SERVICE
 
@@ -39,10 +41,6 @@ if TYPE_CHECKING:
     from fedpeft.coordinator.engine import EngineHooks
 
 log = logging.getLogger(__name__)
-
-
-class RunFailed(FedPeftError):
-    """Every round of the run failed (the message says why)."""
 
 
 def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
@@ -188,29 +186,78 @@ def serve_job(
     cfg: JobConfig,
     opts: ServeOptions,
     *,
+    app_factory: AppFactory,
     hooks: EngineHooks | None = None,
     export: bool = True,
 ) -> dict[str, Any]:
-    """Run (or resume) the deployed job; returns the summary (like ``run_simulation``)."""
+    """Run (or resume) the deployed job; returns the summary (like ``run_simulation``).
+
+    ``app_factory`` builds the coordinator's own app, which evaluates the global adapter:
+    build it from :func:`coordinator_config`. It is called once the gRPC server is up, so
+    that daemons register and load their backbone while the coordinator loads its own."""
     # the model side (torch) is imported only to run a job, not to check its options
-    from fedpeft.client.app import LoraClientApp
-    from fedpeft.coordinator.engine import RoundEngine, checkpoint_exists
+    from fedpeft.coordinator.engine import checkpoint_exists
+    from fedpeft.coordinator.failures import RunFailed
     from fedpeft.coordinator.grpc_backend import GrpcBackend, LiveClientSampler
-    from fedpeft.rundir import RunDir, atomic_write_bytes
-    from fedpeft.simulation.run import engine_settings, plot_curves, summarize
+    from fedpeft.coordinator.job import Job
     from fedpeft.training.setup import load_job_data
 
-    start = time.perf_counter()
+    started = time.perf_counter()
+    _check_deployable(cfg, opts)
+    fed = cfg.federation
+    coord_cfg = coordinator_config(cfg)
+    data = load_job_data(coord_cfg)  # task and label names, before the backbone loads
+    task, labels = data.task.value, data.label_names
+    del data
+    with _serving(cfg, opts, client_job(cfg, task, labels)) as (fleet, store, metrics):
+        app = app_factory("coordinator")
+        meta = {
+            "task": task,
+            "label_names": labels,
+            "model_path": resolve_model_path(coord_cfg.model.name, coord_cfg.model.cache_dir),
+            "deployment": "grpc",
+            "run_id": store.run_id,
+        }
+        resume = checkpoint_exists(cfg.output)
+        job = Job(cfg, meta, resume=resume, population=_dp_population(cfg), started=started)
+        backend = GrpcBackend(
+            fleet, app, job.settings["downlink"], round_timeout=opts.round_timeout
+        )
+        sampler = LiveClientSampler(
+            fleet, fed.clients_per_round, cfg.train.seed, opts.wait_clients_timeout
+        )
+        try:
+            summary = job.run(
+                backend,
+                sampler,
+                # a real client brings its own data: no shard is sent (ids index this list)
+                [None] * (fed.clients + 1),
+                _store_hooks(store, metrics, hooks),
+                export=export,
+                on_resume=metrics.rounds_completed.set,
+            )
+        except RunFailed:
+            store.set_meta("status", "failed")
+            raise
+        fleet.finish()
+        _tell_daemons(fleet, opts.shutdown_grace)
+        return summary
+
+
+def _check_deployable(cfg: JobConfig, opts: ServeOptions) -> None:
     check_transport(opts.host, opts.tls, opts.insecure_localhost, "the coordinator's")
     if cfg.federation.sampling != "fixed":
         raise ConfigError("federation.sampling", "a deployment samples a fixed number per round")
     if cfg.federation.calibration != "none":
         raise ConfigError("federation.calibration", "not supported by the gRPC coordinator yet")
-    run = RunDir(cfg.output)
-    coord_cfg = coordinator_config(cfg)
-    data = load_job_data(coord_cfg)  # task and label names, before the backbone loads
-    task, labels = data.task.value, data.label_names
-    del data
+
+
+@contextlib.contextmanager
+def _serving(
+    cfg: JobConfig, opts: ServeOptions, job: dict[str, Any]
+) -> Iterator[tuple[Fleet, Store, FleetMetrics]]:
+    """The fleet behind a started gRPC server, its state and its metrics; afterwards the
+    daemons are told the run is over (if the job did not tell them) and all is closed."""
     store = Store(opts.state)
     metrics = FleetMetrics()
     if opts.metrics_port:
@@ -221,76 +268,19 @@ def serve_job(
     fleet = Fleet(
         store=store,
         settings=settings,
-        job_config=client_job(cfg, task, labels),
+        job_config=job,
         artifact_dir=store.path.with_suffix(".artifacts"),
         metrics=metrics,
     )
     server = CoordinatorServer(
         fleet, opts.host, opts.port, tls=opts.tls, insecure_localhost=opts.insecure_localhost
     )
-    server.start()  # daemons register and load their backbone while ours loads
+    server.start()
     store.set_meta("status", "running")
     store.set_meta("rounds", str(cfg.federation.rounds))
-    store.set_meta("output", str(run.path.resolve()))
+    store.set_meta("output", str(Path(cfg.output).resolve()))
     try:
-        app = LoraClientApp(coord_cfg, name="coordinator")
-        meta = {
-            "task": task,
-            "label_names": labels,
-            "model_path": app.adapted.model_path,
-            "deployment": "grpc",
-            "run_id": store.run_id,
-        }
-        resume = checkpoint_exists(run.path)
-        summary_prev = _read_json(run.path / "summary.json") if resume else {}
-        run.create(cfg, meta)
-        if not resume:
-            run.rewrite_metrics([])
-        settings_ = engine_settings(cfg)
-        protection = _protection(cfg, run.path)
-        backend = GrpcBackend(fleet, app, settings_["downlink"], round_timeout=opts.round_timeout)
-        engine = RoundEngine(
-            backend=backend,
-            sampler=LiveClientSampler(
-                fleet, cfg.federation.clients_per_round, cfg.train.seed, opts.wait_clients_timeout
-            ),
-            # a real client brings its own data: no shard is sent (ids index this list)
-            shards=[None] * (cfg.federation.clients + 1),
-            run=run,
-            hooks=_store_hooks(store, metrics, hooks),
-            **settings_,
-            **protection,
-        )
-        if resume:
-            engine.resume()
-            metrics.rounds_completed.set(engine.state.round)
-            initial = {k: v for k, v in summary_prev.items() if k.startswith("initial_")}
-            log.info("resuming after round %d", engine.state.round)
-        else:
-            initial = {f"initial_{k}": v for k, v in engine.start_fresh().items()}
-            atomic_write_bytes(run.path / "summary.json", json.dumps(initial).encode())
-        engine.run()
-        records = run.read_metrics()
-        failed = [r for r in records if "round_failed" in r]
-        if records and len(failed) == len(records):
-            store.set_meta("status", "failed")
-            raise RunFailed(
-                f"every round failed; round {failed[-1]['round']}: {failed[-1]['round_failed']}"
-            )
-        import torch
-
-        final = engine.output_params
-        run.save_state({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in final.items()})
-        plot_curves(records, run.path / "curves.png")
-        if export:
-            from fedpeft.export import export_adapter
-
-            export_adapter(run.path, run.path / "adapter")
-        summary = summarize(records, initial, time.perf_counter() - start, summary_prev)
-        atomic_write_bytes(run.path / "summary.json", json.dumps(summary, indent=2).encode())
-        fleet.finish()
-        _tell_daemons(fleet, opts.shutdown_grace)
-        return summary
+        yield fleet, store, metrics
     finally:
         if not fleet.run_over:
             fleet.finish()
@@ -299,25 +289,18 @@ def serve_job(
         store.close()
 
 
-def _protection(cfg: JobConfig, run_path: Path) -> dict[str, Any]:
-    """The engine's SecAgg+ and DP arguments, built as the simulation builds them (the
-    same stages travel as task kinds with opaque ``secagg`` bytes; secrets stay on the
-    daemons). Nothing when both are off."""
-    if not (cfg.secagg.enabled or cfg.dp.enabled):
-        return {}
+def _dp_population(cfg: JobConfig) -> int:
+    """The DP accountant's population in a deployment: the clients of one round.
+
+    --max-clients is not who is really there, so a deployment accounts as if every round
+    took everyone (no sampling amplification), an upper bound on the privacy spent."""
     fed = cfg.federation
     if cfg.dp.enabled and fed.clients != fed.clients_per_round:
-        # The accountant's population would be --max-clients, not who is really there: a
-        # deployment accounts as if every round took everyone (no sampling amplification),
-        # an upper bound on the privacy spent.
         log.warning(
             "DP: accounting without sampling amplification (population = %d per round)",
             fed.clients_per_round,
         )
-        cfg = cfg.replace({"federation.clients": fed.clients_per_round})
-    from fedpeft.simulation import run as simulation_run
-
-    return dict(simulation_run.privacy_settings(cfg, run_path))
+    return fed.clients_per_round
 
 
 def _tell_daemons(fleet: Fleet, grace: float) -> None:
@@ -362,7 +345,3 @@ def _store_hooks(store: Store, metrics: FleetMetrics, hooks: EngineHooks | None)
 def _brief(record: dict[str, Any]) -> str:
     keys = ("clients_ok", "clients_rejected", "eval_accuracy", "bytes_up", "round_failed")
     return json.dumps({k: record[k] for k in keys if k in record})
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return dict(json.loads(path.read_text())) if path.is_file() else {}

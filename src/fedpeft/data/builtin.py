@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedpeft.cache import cache_root
-from fedpeft.data.datasets import ClassificationData, check_max_examples, parse_orange_tab
+from fedpeft.data.containers import ClassificationData, check_max_examples
+from fedpeft.data.formats import parse_orange_tab
 from fedpeft.errors import ConfigError, DataError, FedPeftError
 
 __all__ = [

@@ -1,6 +1,7 @@
 """Split a dataset's examples among federated clients (seeded, numpy only).
 
-Three schemes, chosen with :class:`PartitionScheme`:
+Three schemes, registered by name in :data:`PARTITIONERS` (what ``federation.partition``
+is checked against) and chosen with :func:`partition`'s ``scheme``:
 
 * ``iid`` -- a random permutation cut into ``num_clients`` near-equal parts (sizes differ
   by at most one);
@@ -21,9 +22,10 @@ together cover every example; the same arguments always give the same partition.
 
 from __future__ import annotations
 
-import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -31,23 +33,37 @@ import numpy.typing as npt
 
 from fedpeft.errors import ConfigError, DataError
 
-__all__ = ["DIRICHLET_MAX_TRIES", "PartitionScheme", "describe", "partition"]
+__all__ = [
+    "DIRICHLET_MAX_TRIES",
+    "PARTITIONERS",
+    "PartitionOptions",
+    "Partitioner",
+    "describe",
+    "partition",
+]
 
 DIRICHLET_MAX_TRIES = 10  # Flower Datasets' DirichletPartitioner also gives up after 10
 
 
-class PartitionScheme(enum.StrEnum):
-    """How examples are spread over clients."""
+@dataclass(frozen=True)
+class PartitionOptions:
+    """The knobs of :func:`partition`, checked there; each partitioner reads its own."""
 
-    IID = "iid"
-    DIRICHLET = "dirichlet"
-    SHARDS = "shards"
+    alpha: float
+    shards_per_client: int
+    seed: int
+    min_size: int
+
+
+#: A partitioner: dense label codes (``0..C-1``, one per example), the number of clients
+#: and the options -> one index array per client.
+Partitioner = Callable[[np.ndarray, int, PartitionOptions], list[np.ndarray]]
 
 
 def partition(
     labels: Sequence[Any] | npt.ArrayLike,
     num_clients: int,
-    scheme: PartitionScheme | str = "dirichlet",
+    scheme: str = "dirichlet",
     *,
     alpha: float = 0.5,
     shards_per_client: int = 2,
@@ -56,10 +72,11 @@ def partition(
 ) -> list[np.ndarray]:
     """Return ``num_clients`` sorted int64 arrays of example indices, one per client.
 
-    ``labels`` holds one class label per example (ints, or any sortable values). The
-    arrays are disjoint and cover ``range(len(labels))``; each has at least ``min_size``
-    elements. Raises :class:`ConfigError` for invalid arguments and :class:`DataError`
-    when a Dirichlet draw keeps leaving clients below ``min_size``.
+    ``labels`` holds one class label per example (ints, or any sortable values);
+    ``scheme`` names one of :data:`PARTITIONERS` (in any case). The arrays are disjoint
+    and cover ``range(len(labels))``; each has at least ``min_size`` elements. Raises
+    :class:`ConfigError` for invalid arguments and :class:`DataError` when a Dirichlet
+    draw keeps leaving clients below ``min_size``.
     """
     y = np.asarray(labels)
     if y.ndim != 1:
@@ -90,23 +107,17 @@ def partition(
     _, codes = np.unique(y, return_inverse=True)
     codes = codes.reshape(-1)
 
-    if scheme is PartitionScheme.IID:
-        parts = _iid(n, num_clients, np.random.default_rng(seed))
-    elif scheme is PartitionScheme.SHARDS:
-        parts = _shards(codes, num_clients, shards_per_client, min_size, seed)
-    else:
-        parts = _dirichlet(codes, num_clients, float(alpha), min_size, seed)
+    options = PartitionOptions(float(alpha), shards_per_client, seed, min_size)
+    parts = PARTITIONERS[scheme](codes, num_clients, options)
     return [np.sort(p).astype(np.int64, copy=False) for p in parts]
 
 
-def _coerce_scheme(scheme: PartitionScheme | str) -> PartitionScheme:
-    if isinstance(scheme, PartitionScheme):
-        return scheme
-    try:
-        return PartitionScheme(str(scheme).lower())
-    except ValueError:
-        known = ", ".join(s.value for s in PartitionScheme)
-        raise ConfigError("scheme", f"unknown scheme {scheme!r}; known: {known}") from None
+def _coerce_scheme(scheme: str) -> str:
+    name = str(scheme).lower()
+    if name not in PARTITIONERS:
+        known = ", ".join(PARTITIONERS)
+        raise ConfigError("scheme", f"unknown scheme {scheme!r}; known: {known}")
+    return name
 
 
 def _check_int(name: str, value: object, *, low: int) -> None:
@@ -114,13 +125,13 @@ def _check_int(name: str, value: object, *, low: int) -> None:
         raise ConfigError(name, f"must be an integer >= {low}, got {value!r}")
 
 
-def _iid(n: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
-    return list(np.array_split(rng.permutation(n), k))
+def _iid(codes: np.ndarray, k: int, options: PartitionOptions) -> list[np.ndarray]:
+    rng = np.random.default_rng(options.seed)
+    return list(np.array_split(rng.permutation(codes.shape[0]), k))
 
 
-def _shards(
-    codes: np.ndarray, k: int, per_client: int, min_size: int, seed: int
-) -> list[np.ndarray]:
+def _shards(codes: np.ndarray, k: int, options: PartitionOptions) -> list[np.ndarray]:
+    per_client, min_size, seed = options.shards_per_client, options.min_size, options.seed
     n = codes.shape[0]
     num_shards = k * per_client
     if num_shards > n:
@@ -143,9 +154,8 @@ def _shards(
     return parts
 
 
-def _dirichlet(
-    codes: np.ndarray, k: int, alpha: float, min_size: int, seed: int
-) -> list[np.ndarray]:
+def _dirichlet(codes: np.ndarray, k: int, options: PartitionOptions) -> list[np.ndarray]:
+    alpha, min_size, seed = options.alpha, options.min_size, options.seed
     by_class = [np.flatnonzero(codes == c) for c in range(int(codes.max()) + 1)]
     best: list[np.ndarray] = []
     best_short = k + 1
@@ -177,6 +187,12 @@ def _dirichlet(
             "use fewer clients or a larger alpha (or a smaller min_size)",
         )
     )
+
+
+#: Every partitioner, by the name ``federation.partition`` and :func:`partition` use.
+PARTITIONERS: Mapping[str, Partitioner] = MappingProxyType(
+    {"iid": _iid, "dirichlet": _dirichlet, "shards": _shards}
+)
 
 
 def _too_small(parts: list[np.ndarray], min_size: int, what: str, hint: str) -> str:

@@ -19,6 +19,7 @@ from fedpeft.models.registry import (
     cache_root,
     load_backbone,
     load_tokenizer,
+    resolve_device,
     resolve_model_path,
 )
 
@@ -31,5 +32,6 @@ __all__ = [
     "cache_root",
     "load_backbone",
     "load_tokenizer",
+    "resolve_device",
     "resolve_model_path",
 ]

@@ -11,10 +11,13 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedpeft.cache import cache_root
-from fedpeft.errors import ModelError
+from fedpeft.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +207,17 @@ def resolve_model_path(name: str, cache_dir: str | None = None) -> str:
     )
 
 
+def resolve_device(name: str) -> torch.device:
+    """``model.device``: ``auto`` is CUDA where available, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("model.device", f"`{name}` asked for but no CUDA device is available")
+    return torch.device(name)
+
+
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
@@ -218,7 +232,7 @@ def load_tokenizer(path: str) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Hide transformers' per-load progress bar and load report while loading.
 
     Every virtual client re-loads nothing, but the coordinator, each Ray worker and the
@@ -252,7 +266,7 @@ def load_backbone(
 
     dtype = dtype or torch.float32
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             if task is Task.CLASSIFICATION:
                 if not label_names:
                     raise ModelError("a classification backbone needs the label names")

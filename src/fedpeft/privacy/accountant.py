@@ -48,7 +48,6 @@ out of the ``absl`` logger while this module calls the accountant, and nowhere e
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 from collections import Counter
@@ -375,32 +374,72 @@ def calibrate(
     _check_delta(delta)
     if not (isinstance(rounds, int) and rounds >= 1):
         raise ConfigError("federation.rounds", f"must be >= 1, got {rounds!r}")
+    job = _Calibration(make_round, target_epsilon, delta, rounds, accountant)
     probe = make_round(max_noise)
     _check_supported([probe], accountant)
-
-    @functools.cache
-    def eps_at(z: float) -> float:
-        return epsilon([make_round(z)] * rounds, delta, accountant)
-
-    worst = eps_at(max_noise)
-    if worst > target_epsilon:
-        raise ConfigError(
-            _field("epsilon"),
-            f"epsilon = {target_epsilon:g} over {rounds} rounds is out of reach: even "
-            f"{what} {max_noise:g} spends epsilon = {worst:.3g} "
-            f"({_describe(probe.sampling, probe.population, probe.sample_size, delta)}, "
-            f"{accountant} accountant); allow fewer rounds, a larger epsilon or more clients",
-        )
-    lo, hi = min_noise, max_noise
+    job.check_reachable(probe, max_noise, what)
     if accountant == "pld":
-        # A PLD at small z is slow to build (seconds to minutes): start from the RDP answer,
-        # an upper bound for the tighter PLD one, and halve down to a bracket.
+        lo, hi = job.pld_bracket(min_noise, max_noise, what)
+    else:
+        lo, hi = min_noise, max_noise
+    if job.fits(lo):
+        return lo
+    return job.search(probe.relation, lo, hi)
+
+
+class _Calibration:
+    """One calibration problem: ``rounds`` rounds of ``make_round(z)`` against
+    ``target_epsilon`` at ``delta``, with ε at each z cached (every value is an accountant
+    run, seconds for a PLD at small z)."""
+
+    def __init__(
+        self,
+        make_round: Callable[[float], RoundPrivacy],
+        target_epsilon: float,
+        delta: float,
+        rounds: int,
+        accountant: str,
+    ) -> None:
+        self.make_round = make_round
+        self.target_epsilon = target_epsilon
+        self.delta = delta
+        self.rounds = rounds
+        self.accountant = accountant
+        self._spent: dict[float, float] = {}
+
+    def epsilon_at(self, z: float) -> float:
+        if z not in self._spent:
+            rounds = [self.make_round(z)] * self.rounds
+            self._spent[z] = epsilon(rounds, self.delta, self.accountant)
+        return self._spent[z]
+
+    def fits(self, z: float) -> bool:
+        return self.epsilon_at(z) <= self.target_epsilon
+
+    def check_reachable(self, probe: RoundPrivacy, max_noise: float, what: str) -> None:
+        """Refuse, with the numbers, a target that even ``max_noise`` overshoots: no z in
+        range can meet it, and the user must change rounds, ε or the cohort instead."""
+        worst = self.epsilon_at(max_noise)
+        if worst > self.target_epsilon:
+            setting = _describe(probe.sampling, probe.population, probe.sample_size, self.delta)
+            raise ConfigError(
+                _field("epsilon"),
+                f"epsilon = {self.target_epsilon:g} over {self.rounds} rounds is out of reach: "
+                f"even {what} {max_noise:g} spends epsilon = {worst:.3g} "
+                f"({setting}, {self.accountant} accountant); allow fewer rounds, a larger "
+                "epsilon or more clients",
+            )
+
+    def pld_bracket(self, min_noise: float, max_noise: float, what: str) -> tuple[float, float]:
+        """A bracket ``(lo, hi)`` for the PLD search. A PLD at small z is slow to build
+        (seconds to minutes), so the search starts from the RDP answer, an upper bound for
+        the tighter PLD one, and halves down until ``lo`` overshoots or hits ``min_noise``."""
         try:
             hi = calibrate(
-                make_round,
-                target_epsilon,
-                delta,
-                rounds,
+                self.make_round,
+                self.target_epsilon,
+                self.delta,
+                self.rounds,
                 accountant="rdp",
                 min_noise=min_noise,
                 max_noise=max_noise,
@@ -409,28 +448,30 @@ def calibrate(
         except ConfigError:  # out of RDP's reach but within the tighter PLD's
             hi = max_noise
         lo = max(min_noise, hi / 2)
-        while lo > min_noise and eps_at(lo) <= target_epsilon:
+        while lo > min_noise and self.fits(lo):
             hi, lo = lo, max(min_noise, lo / 2)
-    if eps_at(lo) <= target_epsilon:
-        return lo
+        return lo, hi
 
-    def make_event(z: float) -> dp_accounting.DpEvent:
-        return composed_event([make_round(z)] * rounds)
+    def search(self, relation: dp_accounting.NeighboringRelation, lo: float, hi: float) -> float:
+        """dp-accounting's ``calibrate_dp_mechanism`` over ``[lo, hi]``; the z it returns is
+        checked once more, so an overshooting z is never handed back."""
 
-    relation = probe.relation
-    with quiet_accountant():
-        z = dp_accounting.calibrate_dp_mechanism(
-            lambda: _make_accountant(accountant, relation),
-            make_event,
-            target_epsilon,
-            delta,
-            dp_accounting.ExplicitBracketInterval(lo, hi),
-            tol=CALIBRATION_TOL,
-        )
-    z = float(z)
-    if eps_at(z) > target_epsilon:  # defensive: never hand back an overshooting z
-        raise RuntimeError(f"calibration returned z={z} over budget")  # pragma: no cover
-    return z
+        def make_event(z: float) -> dp_accounting.DpEvent:
+            return composed_event([self.make_round(z)] * self.rounds)
+
+        with quiet_accountant():
+            z = dp_accounting.calibrate_dp_mechanism(
+                lambda: _make_accountant(self.accountant, relation),
+                make_event,
+                self.target_epsilon,
+                self.delta,
+                dp_accounting.ExplicitBracketInterval(lo, hi),
+                tol=CALIBRATION_TOL,
+            )
+        z = float(z)
+        if not self.fits(z):  # defensive: never hand back an overshooting z
+            raise RuntimeError(f"calibration returned z={z} over budget")  # pragma: no cover
+        return z
 
 
 def calibrate_noise_multiplier(
@@ -544,18 +585,3 @@ def rounds_affordable(
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
-
-
-def describe_budget(
-    target_epsilon: float | None,
-    delta: float,
-    z: float,
-    rounds_done: int,
-    epsilon_spent: float,
-) -> str:
-    """One line for the CLI: what the run has spent of its budget."""
-    budget = f" of {target_epsilon:g}" if target_epsilon is not None else ""
-    return (
-        f"privacy: epsilon {epsilon_spent:.3f}{budget} spent after {rounds_done} "
-        f"round{'s' if rounds_done != 1 else ''} (delta {delta:g}, noise multiplier {z:.3g})"
-    )

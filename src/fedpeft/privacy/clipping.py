@@ -1,4 +1,7 @@
-"""Server-side adaptive clipping: Andrew, Thakkar, McMahan, Ramaswamy 2021,
+"""Clipping of client updates: the one L2 norm and L2 clip every side uses, and server-side
+adaptive clipping.
+
+Adaptive clipping: Andrew, Thakkar, McMahan, Ramaswamy 2021,
 "Differentially Private Learning with Adaptive Clipping" (NeurIPS 2021).
 
 Instead of a fixed clip norm C, the coordinator tracks the ``target_quantile`` γ of the
@@ -31,6 +34,25 @@ import numpy as np
 from fedpeft.errors import ConfigError
 
 _FIELD = "dp.adaptive_clip"
+
+Tensors = dict[str, np.ndarray]
+
+
+def l2_norm(tensors: Tensors) -> float:
+    """The global L2 norm over every tensor (float64 accumulation)."""
+    return math.sqrt(sum(float(np.square(v, dtype=np.float64).sum()) for v in tensors.values()))
+
+
+def clip_l2(tensors: Tensors, max_norm: float) -> tuple[Tensors, float, float]:
+    """``tensors`` scaled as a whole so that their global L2 norm is at most ``max_norm``;
+    with the norm before clipping and the factor applied (1.0: left as it was)."""
+    if not max_norm > 0:
+        raise ValueError(f"`max_norm` must be > 0, got {max_norm}")
+    norm = l2_norm(tensors)
+    factor = min(1.0, max_norm / norm) if norm > 0 else 1.0
+    if factor == 1.0:
+        return tensors, norm, factor
+    return {k: (v * factor).astype(np.float32) for k, v in tensors.items()}, norm, factor
 
 
 def default_count_noise_std(expected_clients: float) -> float:

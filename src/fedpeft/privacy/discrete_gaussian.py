@@ -44,13 +44,19 @@ def _check_sigma(sigma: float) -> float:
     return float(sigma)
 
 
+def _support(scale: float) -> np.ndarray:
+    """The integers within ``40·scale + 2`` of zero, as float64: the grid the sums over a
+    pmf of width ``scale`` run on (40 widths out, a Gaussian factor is below e^-800)."""
+    bound = math.ceil(40 * scale) + 2
+    return np.arange(-bound, bound + 1, dtype=np.float64)
+
+
 def acceptance_rate(sigma: float) -> float:
     """Probability that one candidate survives both rejections (the "negative zero" of
     the sign step and Algorithm 3's test), computed from the pmfs."""
     sigma = _check_sigma(sigma)
     t = math.floor(sigma) + 1
-    bound = math.ceil(40 * max(sigma, t)) + 2
-    y = np.arange(-bound, bound + 1, dtype=np.float64)
+    y = _support(max(sigma, t))
     laplace = np.exp(-np.abs(y) / t)
     laplace /= laplace.sum()
     accept = np.exp(-((np.abs(y) - sigma * sigma / t) ** 2) / (2 * sigma * sigma))
@@ -106,8 +112,7 @@ def discrete_gaussian_pmf(x: np.ndarray | int | float, sigma: float) -> np.ndarr
     """P(X = x) for X ~ N_Z(0, sigma²), normalised (the sum runs to ±40σ, beyond which
     terms are below e^-800)."""
     sigma = _check_sigma(sigma)
-    bound = math.ceil(40 * sigma) + 2
-    k = np.arange(-bound, bound + 1, dtype=np.float64)
+    k = _support(sigma)
     norm = np.exp(-(k * k) / (2 * sigma * sigma)).sum()
     xf = np.asarray(x, dtype=np.float64)
     return np.exp(-(xf * xf) / (2 * sigma * sigma)) / norm
@@ -117,6 +122,5 @@ def discrete_gaussian_variance(sigma: float) -> float:
     """Var(X) for X ~ N_Z(0, sigma²) (below sigma² for small sigma, equal to it in the
     limit; Canonne–Kamath–Steinke 2020 show it never exceeds sigma²)."""
     sigma = _check_sigma(sigma)
-    bound = math.ceil(40 * sigma) + 2
-    k = np.arange(-bound, bound + 1, dtype=np.float64)
+    k = _support(sigma)
     return float((k * k * discrete_gaussian_pmf(k, sigma)).sum())

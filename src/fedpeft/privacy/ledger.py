@@ -19,7 +19,7 @@ import math
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fedpeft.errors import FedPeftError
 from fedpeft.privacy.accountant import RoundPrivacy
@@ -44,6 +44,17 @@ class LedgerError(FedPeftError):
 
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+class _Row(NamedTuple):
+    """One round as stored, minus its timestamp: what a retried ``record`` must match
+    (the JSON is canonical so that equal values compare equal)."""
+
+    round_num: int
+    event: str
+    delta: float
+    epsilon: float
+    extra: str
 
 
 class PrivacyLedger:
@@ -102,7 +113,7 @@ class PrivacyLedger:
             raise LedgerError(f"round number must be an int >= 1, got {round_num!r}")
         if not (math.isfinite(epsilon) and epsilon >= 0):
             raise LedgerError(f"round {round_num}: epsilon must be finite and >= 0, got {epsilon}")
-        row = (
+        row = _Row(
             round_num,
             _canonical(event.to_dict()),
             float(delta),
@@ -112,31 +123,10 @@ class PrivacyLedger:
         db = self._conn
         db.execute("BEGIN IMMEDIATE")
         try:
-            existing = db.execute(
-                "SELECT round_num, event, delta, epsilon, extra FROM rounds WHERE round_num = ?",
-                (round_num,),
-            ).fetchone()
-            if existing is not None:
-                if tuple(existing) != row:
-                    raise LedgerError(
-                        f"round {round_num} is already recorded in {self.path} with different "
-                        f"values ({existing[1]}, delta={existing[2]}, epsilon={existing[3]}); "
-                        "the ledger never rewrites a released round"
-                    )
+            if self._already_recorded(db, row):
                 db.execute("ROLLBACK")
                 return
-            last = db.execute(
-                "SELECT round_num, delta FROM rounds ORDER BY round_num DESC LIMIT 1"
-            ).fetchone()
-            if last is not None and round_num < last[0]:
-                raise LedgerError(
-                    f"round {round_num} comes after round {last[0]} in {self.path}: the "
-                    "ledger is append-only"
-                )
-            if last is not None and last[1] != row[2]:
-                raise LedgerError(
-                    f"round {round_num}: delta {delta:g} differs from the ledger's {last[1]:g}"
-                )
+            self._check_appends(db, row)
             db.execute(
                 "INSERT INTO rounds (round_num, event, delta, epsilon, extra, recorded_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -147,6 +137,42 @@ class PrivacyLedger:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    def _already_recorded(self, db: sqlite3.Connection, row: _Row) -> bool:
+        """Whether ``row``'s round is on disk already. An identical row is a retry after a
+        crash between ``record`` and the checkpoint, and is fine; a different one would
+        rewrite a released round, and is refused."""
+        existing = db.execute(
+            "SELECT round_num, event, delta, epsilon, extra FROM rounds WHERE round_num = ?",
+            (row.round_num,),
+        ).fetchone()
+        if existing is None:
+            return False
+        if tuple(existing) != row:
+            raise LedgerError(
+                f"round {row.round_num} is already recorded in {self.path} with different "
+                f"values ({existing[1]}, delta={existing[2]}, epsilon={existing[3]}); "
+                "the ledger never rewrites a released round"
+            )
+        return True
+
+    def _check_appends(self, db: sqlite3.Connection, row: _Row) -> None:
+        """Refuse a new row that does not extend the ledger: a round before the last one
+        recorded, or a δ other than the ledger's (the rounds compose at one δ)."""
+        last = db.execute(
+            "SELECT round_num, delta FROM rounds ORDER BY round_num DESC LIMIT 1"
+        ).fetchone()
+        if last is None:
+            return
+        if row.round_num < last[0]:
+            raise LedgerError(
+                f"round {row.round_num} comes after round {last[0]} in {self.path}: the "
+                "ledger is append-only"
+            )
+        if last[1] != row.delta:
+            raise LedgerError(
+                f"round {row.round_num}: delta {row.delta:g} differs from the ledger's {last[1]:g}"
+            )
 
     def entries(self) -> list[dict[str, Any]]:
         """Every recorded round, oldest first, as plain dicts."""

@@ -6,10 +6,15 @@ edge (``fedpeft.protocol.serde``), the in-process and Ray backends pass them as 
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+
+from fedpeft.errors import ProtocolError
 
 Tensors = dict[str, np.ndarray]
 
@@ -27,6 +32,56 @@ class ClientState:
     residual: Tensors | None = None  # error feedback: what compression dropped so far
 
 
+@dataclass(frozen=True)
+class TaskSettings:
+    """What the coordinator sets for one client's task, beyond the job's config.
+
+    Travels as a JSON object (:meth:`to_dict`); a value left at its default is still
+    sent for the numbers every task carries, and omitted when it is ``None``."""
+
+    lr: float | None = None  # the round schedule's client learning rate (None: train.lr)
+    proximal_mu: float = 0.0  # FedProx
+    logit_adjustment: float = 0.0  # FedLC's tau
+    dp_clip: float | None = None  # DP: the L2 bound of what the client sends
+    # SecAgg: the round's public integer encoding (fedpeft.privacy.secagg.updates
+    # SecureEncoding.to_dict()), on masked-input tasks only
+    secagg_encoding: Mapping[str, Any] | None = None
+
+    def replace(self, **changes: Any) -> TaskSettings:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.name] = dict(value) if isinstance(value, Mapping) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskSettings:
+        """Settings from the wire; unknown keys and values of the wrong type are refused
+        (ProtocolError) rather than ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ProtocolError(f"task settings: unknown key(s) {unknown}")
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            if value is None:
+                continue
+            if name == "secagg_encoding":
+                if not isinstance(value, Mapping):
+                    raise ProtocolError("task settings: `secagg_encoding` must be an object")
+                values[name] = dict(value)
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(float(value)):
+                raise ProtocolError(f"task settings: `{name}` must be a finite number")
+            values[name] = float(value)
+        return cls(**values)
+
+
 @dataclass
 class TrainTask:
     """One client's work for one round."""
@@ -39,7 +94,7 @@ class TrainTask:
     version: int  # the global version this task brings the client to
     state: ClientState
     indices: np.ndarray | None = None  # simulation: the virtual client's data shard
-    config: dict[str, Any] = field(default_factory=dict)
+    settings: TaskSettings = field(default_factory=TaskSettings)
     # "train": train and send an update; "feature_stats": send the per-class statistics
     # of the output layer's input features for classifier calibration (CCVR); under secure
     # aggregation also the protocol stages (see TASK_KINDS)
@@ -82,3 +137,7 @@ class ClientApp(Protocol):
     def train(self, task: TrainTask) -> TrainResult: ...
 
     def evaluate(self, params: Tensors) -> dict[str, float]: ...
+
+
+#: Builds a named client app (a worker's, or the coordinator's evaluating app).
+AppFactory = Callable[[str], ClientApp]

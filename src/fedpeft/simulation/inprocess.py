@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from fedpeft.protocol.messages import ClientApp, Tensors, TrainResult, TrainTask
+from fedpeft.protocol.messages import AppFactory, Tensors, TrainResult, TrainTask
 
 
 class InProcessBackend:
-    def __init__(self, app_factory: Callable[[str], ClientApp]) -> None:
+    def __init__(self, app_factory: AppFactory) -> None:
         self.app = app_factory("inprocess-0")
 
     def initial_state(self) -> Tensors:

@@ -20,7 +20,7 @@ from fedpeft.errors import OptionalDependencyMissing
 from fedpeft.protocol.messages import Tensors, TrainResult, TrainTask
 
 if TYPE_CHECKING:  # workers should not import torch unless their client app needs it
-    from fedpeft.protocol.messages import ClientApp
+    from fedpeft.protocol.messages import AppFactory
     from fedpeft.training.loop import EvalSums
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,18 @@ CHUNKS_PER_WORKER = 4  # per round: amortise Ray round trips, keep load balanced
 
 def _task_size(task: TrainTask) -> int:
     return 0 if task.indices is None else len(task.indices)
+
+
+def _deliver(
+    chunk: list[TrainResult],
+    results: list[TrainResult],
+    on_result: Callable[[TrainResult], None] | None,
+) -> None:
+    """Add a chunk's results to the round's, telling ``on_result`` of each."""
+    for result in chunk:
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
 
 
 def require_ray() -> Any:
@@ -43,7 +55,7 @@ def require_ray() -> Any:
 class _Worker:
     """The actor body: holds one client app (one backbone) for its whole life."""
 
-    def __init__(self, app_factory: Callable[[str], ClientApp], name: str) -> None:
+    def __init__(self, app_factory: AppFactory, name: str) -> None:
         self.name = name
         self.app = app_factory(name)
 
@@ -68,7 +80,7 @@ class _Worker:
 class RayBackend:
     def __init__(
         self,
-        app_factory: Callable[[str], ClientApp],
+        app_factory: AppFactory,
         *,
         workers: int = 2,
         cpus_per_worker: float = 1.0,
@@ -142,35 +154,40 @@ class RayBackend:
         submit()
         while running:
             done, _ = ray.wait(list(running), num_returns=1)
-            ref = done[0]
-            slot, chunk = running.pop(ref)
-            try:
-                chunk_results = ray.get(ref)
-            except ray.exceptions.RayActorError as exc:
-                log.warning("worker died running clients %s: %s", [t.client_id for t in chunk], exc)
-                self.actors[slot] = self._spawn()
-                chunk_results = []
-                retry = []
-                for task in chunk:
-                    attempts[task.client_id] += 1
-                    if attempts[task.client_id] <= self.retries:
-                        retry.append(task)
-                    else:
-                        error = f"worker died: {type(exc).__name__}"
-                        chunk_results.append(TrainResult(task.round, task.client_id, error=error))
-                if retry:
-                    queue.append(retry)
-            except ray.exceptions.RayTaskError as exc:
-                chunk_results = [
-                    TrainResult(t.round, t.client_id, error=f"task failed: {exc}") for t in chunk
-                ]
+            slot, chunk = running.pop(done[0])
+            chunk_results, retry = self._collect(done[0], slot, chunk, attempts)
+            if retry:
+                queue.append(retry)
             idle.append(slot)
-            for result in chunk_results:
-                results.append(result)
-                if on_result is not None:
-                    on_result(result)
+            _deliver(chunk_results, results, on_result)
             submit()
         return results
+
+    def _collect(
+        self, ref: Any, slot: int, chunk: list[TrainTask], attempts: dict[int, int]
+    ) -> tuple[list[TrainResult], list[TrainTask]]:
+        """A finished chunk's results, and the tasks to run again: a dead worker is
+        replaced, and each of its clients is retried up to ``retries`` times, then reported
+        failed; a task that raised is reported failed at once."""
+        ray = self.ray
+        try:
+            return ray.get(ref), []
+        except ray.exceptions.RayActorError as exc:
+            log.warning("worker died running clients %s: %s", [t.client_id for t in chunk], exc)
+            self.actors[slot] = self._spawn()
+            failed: list[TrainResult] = []
+            retry: list[TrainTask] = []
+            for task in chunk:
+                attempts[task.client_id] += 1
+                if attempts[task.client_id] <= self.retries:
+                    retry.append(task)
+                else:
+                    error = f"worker died: {type(exc).__name__}"
+                    failed.append(TrainResult(task.round, task.client_id, error=error))
+            return failed, retry
+        except ray.exceptions.RayTaskError as exc:
+            error = f"task failed: {exc}"
+            return [TrainResult(t.round, t.client_id, error=error) for t in chunk], []
 
     def _run_pinned(
         self, tasks: Sequence[TrainTask], on_result: Callable[[TrainResult], None] | None
@@ -210,10 +227,7 @@ class RayBackend:
                     self.actors[slot] = self._spawn()
                 error = f"worker failed: {type(exc).__name__}"
                 chunk_results = [TrainResult(t.round, t.client_id, error=error) for t in chunk]
-            for result in chunk_results:
-                results.append(result)
-                if on_result is not None:
-                    on_result(result)
+            _deliver(chunk_results, results, on_result)
             if queues[slot]:
                 chunk = queues[slot].pop(0)
                 running[self.actors[slot].train_many.remote(chunk)] = (slot, chunk)

@@ -9,19 +9,26 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from fedpeft.adapters import build_lora_model
+from fedpeft.adapters import AdaptedModel, build_lora_model
+from fedpeft.adapters.offsite import build_emulator_model
 from fedpeft.config import JobConfig
-from fedpeft.data import ClassificationData, InstructionData, load_dataset
+from fedpeft.data import ClassificationData, Dataset, load_dataset
 from fedpeft.errors import ConfigError
-from fedpeft.models import Task, load_backbone, load_tokenizer, resolve_model_path
+from fedpeft.models import Task, load_backbone, load_tokenizer, resolve_device, resolve_model_path
+
+__all__ = [
+    "AdaptedModel",
+    "JobData",
+    "build_adapted_model",
+    "default_eval_source",
+    "load_job_data",
+    "set_threads",
+]
 
 log = logging.getLogger(__name__)
-
-Dataset = ClassificationData | InstructionData
 
 
 @dataclass(frozen=True)
@@ -70,38 +77,17 @@ def load_job_data(cfg: JobConfig) -> JobData:
     return JobData(train, eval_data, task)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("model.device", f"`{name}` asked for but no CUDA device is available")
-    return torch.device(name)
-
-
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
 
 
-@dataclass
-class AdaptedModel:
-    """A frozen backbone wrapped with a LoRA adapter, plus what it was built from."""
-
-    model: Any  # peft.PeftModel
-    tokenizer: Any
-    task: Task
-    model_path: str
-    label_names: list[str] | None
-
-
 def build_adapted_model(cfg: JobConfig, task: Task, label_names: list[str] | None) -> AdaptedModel:
-    """Load the backbone (once per process) and wrap it with the job's LoRA adapter."""
+    """Load the backbone (once per process) and wrap it with the job's adapter."""
     os.environ.setdefault("HF_HUB_OFFLINE", "0")
     if cfg.adapter.kind == "offsite":
         # Offsite-Tuning: a client holds the emulator (never the full backbone) and trains
         # the sandwich adapter, named as in the full model (fedpeft.adapters.offsite)
-        from fedpeft.adapters.offsite import build_emulator_model
-
         return build_emulator_model(cfg, task, label_names)
     path = resolve_model_path(cfg.model.name, cfg.model.cache_dir)
     tokenizer = load_tokenizer(path)

@@ -181,6 +181,16 @@ class SecAggClient:
         for another client, round or x-coordinate, raises :class:`SecAggRejected` naming
         its sender."""
         self._check_stage(ClientStage.SHARED, "masked_input")
+        x = self._check_input(values)
+        held = self._receive_shares(message)
+        masked = self._mask(x, held)
+        self._held = held
+        self.stage = ClientStage.MASKED
+        return self._frame(Stage.MASK, pack(masked, self.params.bits))
+
+    def _check_input(self, values: np.ndarray) -> np.ndarray:
+        """``values`` as an array, refused unless it is ``params.length`` integers in
+        ``[0, 2**bits)``: anything else would wrap silently in the masked sum."""
         p = self.params
         x = np.asarray(values)
         if x.shape != (p.length,):
@@ -191,6 +201,13 @@ class SecAggClient:
             raise SecAggError(f"client {self.client_id}: input must be integers, got {x.dtype}")
         if x.size and (int(x.min()) < 0 or int(x.max()) >> p.bits):
             raise SecAggError(f"client {self.client_id}: input values must be in [0, 2**{p.bits})")
+        return x
+
+    def _receive_shares(self, message: bytes) -> dict[int, tuple[bytes, bytes]]:
+        """The shares the neighbours sent this client, ``sender -> (mask-key-seed share,
+        self-mask-seed share)``. Refuses to go on with fewer than ``threshold`` senders:
+        fewer neighbours would leave too few pairwise masks to hide the input."""
+        p = self.params
         frame = self._open(message, Stage.MASK)
         entries = self._parse(TO_CLIENT, frame.body, "ciphertext relay")
         held: dict[int, tuple[bytes, bytes]] = {}
@@ -201,30 +218,44 @@ class SecAggClient:
                 )
             if sender in held:
                 raise SecAggRejected(sender, "its ciphertext is relayed twice")
-            key = crypto.share_key(
-                self._enc_sk, self._peer_keys[sender][0], p.round, sender, self.client_id
-            )
-            try:
-                plain = crypto.decrypt(key, blob, p.round, sender, self.client_id)
-            except crypto.InvalidTag:
-                raise SecAggRejected(
-                    sender,
-                    f"its ciphertext to client {self.client_id} fails AES-GCM authentication",
-                ) from None
-            rnd, src, dst, index, mask_share, self_share = PLAINTEXT.unpack(plain)
-            expected_x = p.share_index(sender, self.client_id)
-            if (rnd, src, dst, index) != (p.round, sender, self.client_id, expected_x):
-                raise SecAggRejected(
-                    sender,
-                    f"shares for client {dst} (x={index}, round {rnd}) delivered to client "
-                    f"{self.client_id}",
-                )
-            held[sender] = (mask_share, self_share)
+            held[sender] = self._decrypt_shares(sender, blob)
         if len(held) < p.threshold:
             raise SecAggError(
                 f"client {self.client_id}: shares from only {len(held)} neighbours; at least "
                 f"{p.threshold} must take part for its input to stay hidden"
             )
+        return held
+
+    def _decrypt_shares(self, sender: int, blob: bytes) -> tuple[bytes, bytes]:
+        """Open ``sender``'s ciphertext to this client. It must authenticate and name this
+        round, the sender, this client and this client's x-coordinate: a relayed or
+        replayed share would otherwise be rebuilt into the wrong secret."""
+        p = self.params
+        key = crypto.share_key(
+            self._enc_sk, self._peer_keys[sender][0], p.round, sender, self.client_id
+        )
+        try:
+            plain = crypto.decrypt(key, blob, p.round, sender, self.client_id)
+        except crypto.InvalidTag:
+            raise SecAggRejected(
+                sender,
+                f"its ciphertext to client {self.client_id} fails AES-GCM authentication",
+            ) from None
+        rnd, src, dst, index, mask_share, self_share = PLAINTEXT.unpack(plain)
+        expected_x = p.share_index(sender, self.client_id)
+        if (rnd, src, dst, index) != (p.round, sender, self.client_id, expected_x):
+            raise SecAggRejected(
+                sender,
+                f"shares for client {dst} (x={index}, round {rnd}) delivered to client "
+                f"{self.client_id}",
+            )
+        return mask_share, self_share
+
+    def _mask(self, x: np.ndarray, held: dict[int, tuple[bytes, bytes]]) -> np.ndarray:
+        """``x + self mask + Σ ± pairwise masks mod 2**bits``, with one pairwise mask per
+        neighbour whose shares arrived (the sign makes each pair's masks cancel in the sum:
+        the smaller id adds, the larger subtracts)."""
+        p = self.params
         work = crypto.work_dtype(p.bits)
         acc = x.astype(work)
         crypto.add_mask(acc, crypto.self_mask_seed(self._self_seed, p.round, self.client_id), +1)
@@ -234,9 +265,7 @@ class SecAggClient:
             )
             crypto.add_mask(acc, seed, +1 if self.client_id < peer else -1)
         acc &= work((1 << p.bits) - 1)
-        self._held = held
-        self.stage = ClientStage.MASKED
-        return self._frame(Stage.MASK, pack(acc, p.bits))
+        return acc
 
     def unmask(self, message: bytes) -> bytes:
         """Stage 3: ``message`` lists the client's surviving and dropped neighbours.

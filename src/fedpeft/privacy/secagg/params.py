@@ -106,10 +106,6 @@ class SecAggParams:
         if not 0 <= self.graph_seed < 2**64:
             raise ConfigError("secagg.graph_seed", "must be in [0, 2**64)")
 
-    @property
-    def num_clients(self) -> int:
-        return len(self.clients)
-
     @functools.cached_property
     def _graph(self) -> dict[int, tuple[int, ...]]:
         return harary_neighbours(self.clients, self.degree, self.graph_seed)
@@ -199,6 +195,8 @@ def _binom_cdf_below(k: int, p: float, t: int) -> float:
 
 
 def _graph_seed(seed: int, round_num: int) -> int:
+    """The public seed of a round's graph permutation, hashed from the run's seed and the
+    round number: a fresh graph every round that anyone holding the seed can recompute."""
     digest = hashlib.sha256(f"fedpeft-secagg-graph:{seed}:{round_num}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
@@ -243,6 +241,34 @@ def plan_secagg(
     dropout (δ = 0.3 needs ``k ≈ 190`` at ``n = 1000``; ``n <= ~200`` gets the complete
     graph). Impossible settings raise :class:`fedpeft.errors.ConfigError` naming the field.
     """
+    clients = _check_cohort(cohort, dropout_fraction, min_degree)
+    n = len(clients)
+    degree = _sparse_degree(n, dropout_fraction, min_degree) if n > SMALL_COHORT else None
+    if degree is None:
+        degree = _complete_degree(n, dropout_fraction)
+    return SecAggParams(
+        round=round_num,
+        clients=clients,
+        threshold=_threshold(degree),
+        degree=degree,
+        bits=bits,
+        length=length,
+        graph_seed=_graph_seed(seed, round_num),
+    )
+
+
+def _threshold(degree: int) -> int:
+    """``t = floor(k/2) + 1``: the smallest t with ``2t > k``, so that the shares a lying
+    server can collect of one client's two secrets never reach t of each."""
+    return degree // 2 + 1
+
+
+def _check_cohort(
+    cohort: Sequence[int], dropout_fraction: float, min_degree: int | None
+) -> tuple[int, ...]:
+    """The cohort as sorted ids, after refusing what no degree can serve: fewer than two
+    clients, a client listed twice, a dropout fraction outside [0, 1), or a minimum degree
+    the cohort cannot have."""
     clients = tuple(sorted(int(c) for c in cohort))
     n = len(clients)
     if n < 2:
@@ -255,41 +281,37 @@ def plan_secagg(
         raise ConfigError(
             "secagg.min_degree", f"must be in [1, {n - 1}] for a cohort of {n}, got {min_degree}"
         )
-    graph_seed = _graph_seed(seed, round_num)
+    return clients
 
-    def make(k: int) -> SecAggParams:
-        return SecAggParams(
-            round=round_num,
-            clients=clients,
-            threshold=k // 2 + 1,
-            degree=k,
-            bits=bits,
-            length=length,
-            graph_seed=graph_seed,
-        )
 
-    def complete() -> SecAggParams:
-        k = n - 1
-        t = k // 2 + 1
-        tolerated = math.floor(dropout_fraction * n)
-        if tolerated > k - t:
-            raise ConfigError(
-                "secagg.dropout_fraction",
-                f"{dropout_fraction} of {n} clients is {tolerated} dropouts, but the complete "
-                f"graph (k={k}, t={t}) completes only with at most {k - t}; lower the "
-                f"dropout fraction or use a larger cohort",
-            )
-        return make(k)
-
-    if n <= SMALL_COHORT:
-        return complete()
+def _sparse_degree(n: int, dropout_fraction: float, min_degree: int | None) -> int | None:
+    """The smallest ``k < n - 1`` (from ``max(min_degree, 2·ceil(log2 n))``, ``n·k`` even)
+    that meets both probabilistic bounds of :func:`plan_secagg` — correctness (every
+    secret keeps t live holders) and privacy of partial sums (the survivors' graph stays
+    connected) — or None when none does and the complete graph must serve."""
     low = max(min_degree or 1, 2 * math.ceil(math.log2(n)))
     for k in range(low, n - 1):
         if (n * k) % 2:
             continue
-        t = k // 2 + 1
-        fails = n * _binom_cdf_below(k, 1.0 - dropout_fraction, t)
+        fails = n * _binom_cdf_below(k, 1.0 - dropout_fraction, _threshold(k))
         splits = n * dropout_fraction ** (k // 2)
         if fails <= 2.0**-CORRECTNESS_BITS and splits <= 2.0**-SECURITY_BITS:
-            return make(k)
-    return complete()
+            return k
+    return None
+
+
+def _complete_degree(n: int, dropout_fraction: float) -> int:
+    """``k = n - 1``, the complete graph, whose guarantee is deterministic: the round
+    completes whenever at most ``k - t`` clients drop. Refuses a dropout fraction that
+    tolerates more, since then no graph can promise the round."""
+    k = n - 1
+    t = _threshold(k)
+    tolerated = math.floor(dropout_fraction * n)
+    if tolerated > k - t:
+        raise ConfigError(
+            "secagg.dropout_fraction",
+            f"{dropout_fraction} of {n} clients is {tolerated} dropouts, but the complete "
+            f"graph (k={k}, t={t}) completes only with at most {k - t}; lower the "
+            f"dropout fraction or use a larger cohort",
+        )
+    return k

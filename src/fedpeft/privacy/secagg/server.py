@@ -93,8 +93,6 @@ class SecAggServer:
         #: are the sum) and the rest of the cohort
         self.survivors: tuple[int, ...] = ()
         self.dropped: tuple[int, ...] = ()
-        self.bytes_in = 0
-        self.bytes_out = 0
         #: stage -> (bytes received, bytes sent) in that stage
         self.stage_bytes: dict[str, tuple[int, int]] = {}
 
@@ -271,8 +269,6 @@ class SecAggServer:
     # ------------------------------------------------------------------ closing
 
     def _count(self, nin: int, nout: int) -> None:
-        self.bytes_in += nin
-        self.bytes_out += nout
         a, b = self.stage_bytes.get(self.stage, (0, 0))
         self.stage_bytes[self.stage] = (a + nin, b + nout)
 

@@ -25,6 +25,7 @@ integers mod 2^bits:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -88,7 +89,7 @@ class SecureEncoding:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SecureEncoding:
+    def from_dict(cls, data: Mapping[str, Any]) -> SecureEncoding:
         try:
             return cls(
                 names=tuple(str(n) for n in data["names"]),

@@ -3,12 +3,11 @@
 A round whose clients all raised leaves the global adapter unchanged and is logged with
 ``round_failed``; the engine goes on, because one bad round (a transient error, a cohort
 of empty shards) should not end a job. A run in which *every* round failed produced
-nothing, and must not look like a success: :func:`check_run` raises
-:class:`SimulationFailed` with the clients' error on one line (the CLI prints it and
-exits 2; ``--debug`` shows the traceback). :func:`watch` stops the run after its first
-round already when every client of every round so far raised the very same error —
-a deterministic failure (a bad column, a programming error) that more rounds would only
-repeat.
+nothing, and must not look like a success: :func:`check_run` raises :class:`RunFailed`
+with the clients' error on one line (the CLI prints it and exits 2; ``--debug`` shows the
+traceback). :func:`watch` (the simulation's) stops the run after its first round already
+when every client of every round so far raised the very same error — a deterministic
+failure (a bad column, a programming error) that more rounds would only repeat.
 """
 
 from __future__ import annotations
@@ -22,11 +21,11 @@ from typing import Any
 from fedpeft.coordinator.engine import EngineHooks
 from fedpeft.errors import FedPeftError
 
-__all__ = ["SimulationFailed", "check_run", "watch"]
+__all__ = ["RunFailed", "check_run", "watch"]
 
 
-class SimulationFailed(FedPeftError):
-    """Every round of a simulation failed; the message carries the clients' error."""
+class RunFailed(FedPeftError):
+    """Every round of a run failed; the message carries the clients' error."""
 
 
 _CLIENT_ID = re.compile(r"\bclient \d+\b")
@@ -63,10 +62,10 @@ def failure_message(records: Sequence[dict[str, Any]]) -> str | None:
 
 
 def check_run(records: Sequence[dict[str, Any]]) -> None:
-    """Raise :class:`SimulationFailed` when every round of ``records`` failed."""
+    """Raise :class:`RunFailed` when every round of ``records`` failed."""
     message = failure_message(records)
     if message is not None:
-        raise SimulationFailed(message)
+        raise RunFailed(message)
 
 
 def watch(hooks: EngineHooks | None) -> EngineHooks:
@@ -82,6 +81,6 @@ def watch(hooks: EngineHooks | None) -> EngineHooks:
         reasons = set(_reasons(seen))
         sampled = sum(int(r.get("clients_sampled", 0)) for r in seen)
         if message is not None and len(reasons) == 1 and len(_reasons(seen)) == sampled:
-            raise SimulationFailed(message)
+            raise RunFailed(message)
 
     return dataclasses.replace(inner, on_round_end=on_round_end)
