@@ -15,7 +15,7 @@ PACKAGE = SRC / "fedpeft"
 
 #: Bottom to top. A module may import its own layer and the layers below it.
 LAYERS: list[set[str]] = [
-    {"errors", "cache"},
+    {"errors", "cache", "tensors"},
     # plug-in families whose registries config validates against (no torch, no config)
     {"compression", "aggregation", "data"},
     {"config"},

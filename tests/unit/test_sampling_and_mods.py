@@ -10,9 +10,9 @@ from fedpeft.client.update import UpdateSender
 from fedpeft.config import CodecSettings
 from fedpeft.coordinator.sampling import ClientSampler
 from fedpeft.errors import ConfigError, UpdateRejected
-from fedpeft.privacy.clipping import l2_norm
 from fedpeft.protocol.codecs import uplink_codec
 from fedpeft.protocol.messages import ClientState, Tensors, TrainTask
+from fedpeft.tensors import l2_norm
 
 
 def test_fixed_sampling_is_deterministic_and_exact() -> None:

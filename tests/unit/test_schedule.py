@@ -10,6 +10,7 @@ import pytest
 from fedpeft.config import JobConfig
 from fedpeft.coordinator.schedule import RoundConfig, round_lr_factor
 from fedpeft.errors import ConfigError
+from fedpeft.protocol.messages import TaskSettings
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
@@ -40,11 +41,11 @@ def test_bad_schedule_and_round_are_refused() -> None:
 
 
 def test_round_config_adds_lr_only_when_scheduled() -> None:
-    constant = RoundConfig({"proximal_mu": 0.1}, lr=1e-3, rounds=4)
-    assert constant(3) == {"proximal_mu": 0.1}
-    linear = RoundConfig({"proximal_mu": 0.0}, lr=1e-3, rounds=3, schedule="linear", final=0.0)
-    assert [linear(r)["lr"] for r in (1, 2, 3)] == pytest.approx([1e-3, 5e-4, 0.0])
-    assert linear(2)["proximal_mu"] == 0.0
+    constant = RoundConfig(TaskSettings(proximal_mu=0.1), lr=1e-3, rounds=4)
+    assert constant(3) == TaskSettings(proximal_mu=0.1)
+    linear = RoundConfig(TaskSettings(), lr=1e-3, rounds=3, schedule="linear", final=0.0)
+    assert [linear(r).lr for r in (1, 2, 3)] == pytest.approx([1e-3, 5e-4, 0.0])
+    assert linear(2).proximal_mu == 0.0
 
 
 def test_config_names_the_field() -> None:
@@ -75,8 +76,8 @@ def test_warmup_ramps_then_decays_from_the_last_warmup_round() -> None:
 
 
 def test_round_config_sends_the_warmed_up_lr_with_a_constant_schedule() -> None:
-    warm = RoundConfig({}, lr=1e-3, rounds=5, warmup=2)
-    assert [warm(r)["lr"] for r in range(1, 6)] == pytest.approx([5e-4] + [1e-3] * 4)
+    warm = RoundConfig(TaskSettings(), lr=1e-3, rounds=5, warmup=2)
+    assert [warm(r).lr for r in range(1, 6)] == pytest.approx([5e-4] + [1e-3] * 4)
 
 
 def test_warmup_config_names_the_field() -> None:

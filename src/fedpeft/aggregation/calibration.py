@@ -27,8 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from fedpeft.errors import UpdateRejected
-
-Tensors = dict[str, np.ndarray]
+from fedpeft.tensors import Tensors
 
 #: suffixes of the three statistics a client reports, after the output layer's module name
 STAT_SUFFIXES = ("class_count", "class_mean", "class_scatter")

@@ -21,6 +21,7 @@ from fedpeft.aggregation.strategy import (
     weighted_mean,
 )
 from fedpeft.errors import ConfigError
+from fedpeft.tensors import sq_norm
 
 #: FedAvg's mean step uses no statistics beyond the mean
 _NO_STATS = AggregateStats(0, 0.0)
@@ -164,7 +165,7 @@ class FedExP(FedAvg):
         if stats.mean_sq_norm is None:
             raise ValueError("FedExP needs the round's spread Σ p_i ‖Δ_i‖² (mean_sq_norm)")
         spread = stats.mean_sq_norm
-        norm2 = sum(float(np.sum(np.square(m, dtype=np.float64))) for m in mean.values())
+        norm2 = sq_norm(mean)
         self.last_step = self.server_lr * max(1.0, spread / (2.0 * (norm2 + self.eps)))
         return {
             k: (current[k].astype(np.float64) + self.last_step * mean[k]).astype(np.float32)

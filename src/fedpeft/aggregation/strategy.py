@@ -21,7 +21,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 import numpy as np
 
-Tensors = dict[str, np.ndarray]
+from fedpeft.tensors import Tensors, sq_norm
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,7 @@ class AggregateStats:
 def aggregate_stats(updates: Sequence[ClientUpdate]) -> AggregateStats:
     """The :class:`AggregateStats` of individual updates (what a secure round sums up)."""
     weighted = example_weights(updates)
-    spread = sum(
-        p * sum(float(np.sum(np.square(d, dtype=np.float64))) for d in u.delta.values())
-        for u, p in weighted
-    )
+    spread = sum(p * sq_norm(u.delta) for u, p in weighted)
     total = float(sum(u.num_examples for u, _ in weighted))
     return AggregateStats(len(weighted), total, spread)
 

@@ -41,6 +41,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from fedpeft.errors import CodecError, ConfigError, UpdateRejected
+from fedpeft.tensors import Tensors
 
 __all__ = [
     "DEFAULT_MAX_ELEMENTS",
@@ -61,7 +62,6 @@ __all__ = [
     "register_codec",
 ]
 
-Tensors = dict[str, np.ndarray]
 """Tensor name -> array. Codecs accept any floating dtype and always return float32."""
 
 MAGIC = b"FPC1"

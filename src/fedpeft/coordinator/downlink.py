@@ -21,8 +21,8 @@ import numpy as np
 from fedpeft.compression import FULL_WEIGHTS_CODEC, Codec
 from fedpeft.compression.chain import add_delta, encode_chain, params_digest
 from fedpeft.coordinator.checkpoint import EngineState
-from fedpeft.privacy.clipping import l2_norm
 from fedpeft.protocol.messages import ClientState, Tensors
+from fedpeft.tensors import l2_norm
 
 Payload = tuple[bytes, bool, ClientState]  # (bytes, is a delta, the client's state)
 

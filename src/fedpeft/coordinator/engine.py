@@ -100,7 +100,7 @@ class RoundEngine:
         ema_decay: float = 0.0,
         calibration: str = "none",
         calibration_clients: int = 0,
-        client_config: Callable[[int], dict[str, Any]] | None = None,
+        client_config: Callable[[int], TaskSettings] | None = None,
         hooks: EngineHooks | None = None,
         collection: Collection | None = None,
         privacy: PrivacyMechanism | None = None,
@@ -124,7 +124,7 @@ class RoundEngine:
         self.calibrator = Calibrator(calibration_clients, seed) if calibration != "none" else None
         # the job's settings of a round's tasks (Flower's on_fit_config_fn): the round
         # schedule's client learning rate, FedProx, FedLC
-        self.client_config = client_config or (lambda _round: {})
+        self.client_config = client_config or (lambda _round: TaskSettings())
         self.hooks = hooks or EngineHooks()
         # what the coordinator sees of the updates (SecAgg+: only their sum) and what
         # privacy mechanism configures, aggregates and records each round
@@ -156,9 +156,9 @@ class RoundEngine:
     def make_task(self, round_num: int, client_id: int) -> TrainTask:
         held = self.state.clients.get(client_id, ClientState())
         downlink, is_delta, held = self.downlink.payload(self.state, round_num, held)
-        settings = TaskSettings(
-            **self.client_config(round_num),
-            **self.strategy.configure_train(round_num, [client_id]),
+        # the strategy may override fields of the job's settings for this client
+        settings = self.client_config(round_num).replace(
+            **self.strategy.configure_train(round_num, [client_id])
         )
         return TrainTask(
             round=round_num,

@@ -29,7 +29,7 @@ from fedpeft.coordinator.failures import check_run
 from fedpeft.coordinator.schedule import RoundConfig
 from fedpeft.errors import ConfigError
 from fedpeft.protocol.codecs import downlink_codec, uplink_codec
-from fedpeft.protocol.messages import Tensors
+from fedpeft.protocol.messages import TaskSettings, Tensors
 from fedpeft.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def engine_settings(cfg: JobConfig) -> dict[str, Any]:
         "calibration": fed.calibration,
         "calibration_clients": fed.calibration_clients,
         "client_config": RoundConfig(
-            {"proximal_mu": fed.proximal_mu, "logit_adjustment": fed.logit_adjustment},
+            TaskSettings(proximal_mu=fed.proximal_mu, logit_adjustment=fed.logit_adjustment),
             lr=cfg.train.lr,
             rounds=fed.rounds,
             schedule=fed.client_lr_schedule,

@@ -13,9 +13,9 @@ steps keep one cohort from deciding the run.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from fedpeft.config import ROUND_SCHEDULES
+from fedpeft.protocol.messages import TaskSettings
 
 
 def round_lr_factor(
@@ -45,11 +45,11 @@ def round_lr_factor(
 
 
 class RoundConfig:
-    """Builds the per-round client config: fixed entries plus the scheduled ``lr``."""
+    """Builds a round's task settings: the fixed ones plus the scheduled ``lr``."""
 
     def __init__(
         self,
-        fixed: dict[str, Any],
+        fixed: TaskSettings,
         *,
         lr: float,
         rounds: int,
@@ -58,17 +58,15 @@ class RoundConfig:
         warmup: int = 0,
     ) -> None:
         round_lr_factor(1, rounds, schedule, final, warmup)  # validates schedule and warm-up
-        self.fixed = dict(fixed)
+        self.fixed = fixed
         self.lr = lr
         self.rounds = rounds
         self.schedule = schedule
         self.final = final
         self.warmup = warmup
 
-    def __call__(self, round_num: int) -> dict[str, Any]:
-        config = dict(self.fixed)
-        if self.schedule != "constant" or self.warmup:
-            config["lr"] = self.lr * round_lr_factor(
-                round_num, self.rounds, self.schedule, self.final, self.warmup
-            )
-        return config
+    def __call__(self, round_num: int) -> TaskSettings:
+        if self.schedule == "constant" and not self.warmup:
+            return self.fixed  # clients train at their own train.lr
+        factor = round_lr_factor(round_num, self.rounds, self.schedule, self.final, self.warmup)
+        return self.fixed.replace(lr=self.lr * factor)

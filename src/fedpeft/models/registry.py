@@ -45,10 +45,11 @@ class ArchSpec:
 ARCHITECTURES: dict[str, ArchSpec] = {
     # MiniLM's pooler was never trained for classification (sentence-transformers pools by
     # mean), so it is trained with the classifier by default: the built-in federated job
-    # (`make run`, Reuters R8, 5 rounds) reaches 0.770 with it and 0.584-0.604 (the majority
-    # class) with it frozen. On SST-2 a frozen pooler (PEFT's SEQ_CLS default,
-    # `lora.modules_to_save = ["classifier"]`) did as well centrally (0.868 vs 0.859) and
-    # makes updates 2.3x smaller (111k instead of 259k floats) -- see bench/fed_accuracy.py.
+    # (Reuters R8, 5 rounds, with the defaults before bench/default_job.py's) reached 0.770
+    # with it and 0.584-0.604 (the majority class) with it frozen. On SST-2 a frozen pooler
+    # (PEFT's SEQ_CLS default, `lora.modules_to_save = ["classifier"]`) did as well
+    # centrally (0.868 vs 0.859) and makes updates 2.3x smaller (111k instead of 259k
+    # floats) -- see bench/fed_accuracy.py.
     "bert": ArchSpec(
         ("query", "key", "value"),
         ("classifier", "pooler"),

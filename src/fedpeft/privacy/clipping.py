@@ -32,15 +32,9 @@ from typing import Any
 import numpy as np
 
 from fedpeft.errors import ConfigError
+from fedpeft.tensors import Tensors, l2_norm
 
 _FIELD = "dp.adaptive_clip"
-
-Tensors = dict[str, np.ndarray]
-
-
-def l2_norm(tensors: Tensors) -> float:
-    """The global L2 norm over every tensor (float64 accumulation)."""
-    return math.sqrt(sum(float(np.square(v, dtype=np.float64).sum()) for v in tensors.values()))
 
 
 def clip_l2(tensors: Tensors, max_norm: float) -> tuple[Tensors, float, float]:

@@ -15,8 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedpeft.errors import ProtocolError
-
-Tensors = dict[str, np.ndarray]
+from fedpeft.tensors import Tensors
 
 
 @dataclass
