@@ -35,7 +35,7 @@ def export_adapter(run_path: str | Path, out: str | Path) -> dict[str, Any]:
     meta = run.meta()
     task = Task(meta["task"])
     info: dict[str, Any] = {"format": "peft-adapter"}
-    if cfg.adapter.kind == "offsite":
+    if cfg.adapter.on_emulator:
         adapted, info = _offsite_plugin(cfg, task, meta.get("label_names"))
     else:
         adapted = build_adapted_model(cfg, task, meta.get("label_names"))

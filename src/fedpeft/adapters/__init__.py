@@ -1,9 +1,9 @@
 """Adapters: LoRA via peft, and Offsite-Tuning's sandwich adapter on an emulator.
 
-``ADAPTERS`` maps an adapter kind (``adapter.kind``) to the function that wraps a frozen
-backbone; every kind exposes its trainable state as named tensors through the same
-helpers, and an Offsite-Tuning adapter is named alike on the emulator and on the full
-backbone (:mod:`fedpeft.adapters.offsite`).
+Every kind (``adapter.kind``, declared in :data:`fedpeft.config.ADAPTER_KINDS`) exposes
+its trainable state as named tensors through the same helpers, and an Offsite-Tuning
+adapter is named alike on the emulator and on the full backbone
+(:mod:`fedpeft.adapters.offsite`).
 """
 
 from fedpeft.adapters.lora import (
@@ -23,10 +23,7 @@ from fedpeft.adapters.offsite import (
     uniform_middle,
 )
 
-ADAPTERS = {"lora": build_lora_model, "offsite": apply_offsite_adapter}
-
 __all__ = [
-    "ADAPTERS",
     "AdaptedModel",
     "EmulatorInfo",
     "OffsiteLayout",

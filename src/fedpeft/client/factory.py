@@ -16,7 +16,7 @@ from fedpeft.protocol.messages import AppFactory, ClientApp
 
 def app_factory(cfg: JobConfig) -> AppFactory:
     """LoRA's client app, or Offsite-Tuning's for ``adapter.kind = "offsite"``."""
-    if cfg.adapter.kind == "offsite":  # checks the emulator against the backbone here, once
+    if cfg.adapter.on_emulator:  # checks the emulator against the backbone here, once
         from fedpeft.client.offsite import offsite_app_factory
 
         return offsite_app_factory(cfg)

@@ -34,7 +34,7 @@ class OffsiteClientApp(LoraClientApp):
     def __init__(
         self, cfg: JobConfig, *, mods: list[UpdateMod] | None = None, name: str = "worker"
     ) -> None:
-        if cfg.adapter.kind != "offsite":
+        if not cfg.adapter.on_emulator:
             raise ValueError(
                 f"OffsiteClientApp needs adapter.kind = offsite, not {cfg.adapter.kind}"
             )

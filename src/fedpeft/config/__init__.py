@@ -38,6 +38,7 @@ from fedpeft.config.model import (
     ADAPTER_KINDS,
     OFFSITE_TRAIN_MODES,
     AdapterConfig,
+    AdapterKind,
     LoraSettings,
     ModelConfig,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "PREFIX_CACHE_DTYPES",
     "ROUND_SCHEDULES",
     "AdapterConfig",
+    "AdapterKind",
     "CodecSettings",
     "DataConfig",
     "DpSettings",

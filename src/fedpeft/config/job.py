@@ -36,7 +36,7 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         _check_privacy(self)
-        if self.adapter.kind == "offsite" and self.lora.layers:
+        if self.adapter.on_emulator and self.lora.layers:
             raise ConfigError(
                 "lora.layers",
                 "Offsite-Tuning places its adapter blocks itself (adapter.kind = offsite); "

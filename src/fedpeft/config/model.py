@@ -73,9 +73,24 @@ class LoraSettings:
         fraction("lora", "dropout", self.dropout)
 
 
+@dataclass(frozen=True)
+class AdapterKind:
+    """What an ``adapter.kind`` is, declared once: its help text and what it implies for
+    the rest of the job (the model, the client app, export and the prefix cache ask
+    these, never the kind's name)."""
+
+    help: str
+    #: clients train on an emulator of the backbone (Offsite-Tuning), never the full model;
+    #: the kind places its adapter blocks itself (no ``lora.layers``, no prefix cache)
+    on_emulator: bool = False
+
+
 #: ``adapter.kind``: LoRA on the full backbone, or Offsite-Tuning's sandwich adapter on an
 #: emulator (fedpeft.adapters.offsite)
-ADAPTER_KINDS = ("lora", "offsite")
+ADAPTER_KINDS: dict[str, AdapterKind] = {
+    "lora": AdapterKind("LoRA on the full backbone"),
+    "offsite": AdapterKind("sandwich adapter, emulator", on_emulator=True),
+}
 #: ``adapter.train`` (offsite): LoRA inside the adapter blocks, or the whole blocks
 OFFSITE_TRAIN_MODES = ("lora", "full")
 
@@ -86,7 +101,7 @@ class AdapterConfig:
 
     kind: str = field(
         default="lora",
-        metadata=doc("lora (LoRA on the full backbone) or offsite (sandwich adapter, emulator)"),
+        metadata=doc(" or ".join(f"{k} ({v.help})" for k, v in ADAPTER_KINDS.items())),
     )
     emulator: str | None = field(
         default=None,
@@ -99,10 +114,15 @@ class AdapterConfig:
         ),
     )
 
+    @property
+    def on_emulator(self) -> bool:
+        """Clients train on an emulator (Offsite-Tuning), not the full backbone."""
+        return ADAPTER_KINDS[self.kind].on_emulator
+
     def __post_init__(self) -> None:
         one_of("adapter", "kind", self.kind, ADAPTER_KINDS)
         one_of("adapter", "train", self.train, OFFSITE_TRAIN_MODES)
-        if self.kind == "offsite" and not self.emulator:
+        if self.on_emulator and not self.emulator:
             raise ConfigError(
                 "adapter.emulator",
                 "--adapter offsite needs an emulator folder: build one with `fedpeft offsite "

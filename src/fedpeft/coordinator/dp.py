@@ -310,8 +310,6 @@ def make_dp_controller(
     given z against the budget; refuse (ConfigError, with the numbers) a target that no
     trainable noise can meet. ``population``: the clients each cohort is drawn from (the
     accountant's sampling amplification rests on it)."""
-    from fedpeft.privacy.accountant import calibrate_noise_multiplier, rounds_affordable
-
     dp, fed = cfg.dp, cfg.federation
     if dp.target_delta >= 1.0 / population:
         raise ConfigError(
@@ -325,44 +323,9 @@ def make_dp_controller(
         "sample_size": fed.clients_per_round,
         "accountant": dp.accountant,
     }
-    max_rounds = None
-    calibrate_for = None
-    factor = 2.0 if fed.sampling == "fixed" else 1.0  # the sum's sensitivity / C
-    if distributed:
-        # the discrete Gaussian's parameters depend on the adapter's size, known at the
-        # first round (DpController.plan_distributed); a fixed z with a budget is checked
-        # round by round against the accountant (stop_reason)
-        z = float(dp.noise_multiplier) if dp.noise_multiplier is not None else 1.0
-        if dp.noise_multiplier is None:
-            calibrate_for = fed.rounds
-    elif dp.noise_multiplier is not None:
-        z = float(dp.noise_multiplier) * factor
-        if dp.epsilon is not None:
-            max_rounds = rounds_affordable(z, dp.epsilon, dp.target_delta, **common)
-            if max_rounds < 1:
-                raise ConfigError(
-                    "dp.epsilon",
-                    f"noise multiplier {dp.noise_multiplier:g} spends more than "
-                    f"epsilon={dp.epsilon:g} in one round; raise dp.noise_multiplier or the target",
-                )
-    else:
-        z = calibrate_noise_multiplier(
-            dp.epsilon, dp.target_delta, fed.rounds, max_noise=100.0, **common
-        )
-    adaptive = None
-    if dp.adaptive_clip:
-        from fedpeft.privacy.clipping import AdaptiveClip, split_noise_multiplier
-
-        adaptive = AdaptiveClip(
-            dp.clip,
-            dp.target_quantile,
-            dp.clip_lr,
-            dp.count_noise_std or None,
-            expected_clients=float(fed.clients_per_round),
-        )
-        split_noise_multiplier(z / factor, adaptive.count_noise_std / factor)  # refuse early
+    z, max_rounds, calibrate_for = _noise_plan(cfg, distributed, common)
     return DpController(
-        adaptive=adaptive,
+        adaptive=_adaptive_clip(cfg, z) if dp.adaptive_clip else None,
         noise_multiplier=z,
         clip=dp.clip,
         delta=dp.target_delta,
@@ -374,3 +337,59 @@ def make_dp_controller(
         calibrate_for_rounds=calibrate_for,
         **common,
     )
+
+
+def _sensitivity_factor(sampling: str) -> float:
+    """The sum's L2 sensitivity over C: 2 under replace-one (fixed-size cohorts)."""
+    return 2.0 if sampling == "fixed" else 1.0
+
+
+def _noise_plan(
+    cfg: Any, distributed: bool, common: dict[str, Any]
+) -> tuple[float, int | None, int | None]:
+    """(z as noise std / C, the rounds a fixed z affords under a target or None, the rounds
+    a distributed run calibrates σ for or None)."""
+    from fedpeft.privacy.accountant import calibrate_noise_multiplier, rounds_affordable
+
+    dp, fed = cfg.dp, cfg.federation
+    if distributed:
+        # the discrete Gaussian's parameters depend on the adapter's size, known at the
+        # first round (DpController.plan_distributed); a fixed z with a budget is checked
+        # round by round against the accountant (stop_reason)
+        if dp.noise_multiplier is None:
+            return 1.0, None, fed.rounds
+        return float(dp.noise_multiplier), None, None
+    if dp.noise_multiplier is None:
+        z = calibrate_noise_multiplier(
+            dp.epsilon, dp.target_delta, fed.rounds, max_noise=100.0, **common
+        )
+        return z, None, None
+    z = float(dp.noise_multiplier) * _sensitivity_factor(fed.sampling)
+    if dp.epsilon is None:
+        return z, None, None
+    max_rounds = rounds_affordable(z, dp.epsilon, dp.target_delta, **common)
+    if max_rounds < 1:
+        raise ConfigError(
+            "dp.epsilon",
+            f"noise multiplier {dp.noise_multiplier:g} spends more than "
+            f"epsilon={dp.epsilon:g} in one round; raise dp.noise_multiplier or the target",
+        )
+    return z, max_rounds, None
+
+
+def _adaptive_clip(cfg: Any, z: float) -> Any:
+    """Andrew et al.'s adaptive clip (central DP), refused early when its count noise
+    would leave the update sum no noise budget."""
+    from fedpeft.privacy.clipping import AdaptiveClip, split_noise_multiplier
+
+    dp, fed = cfg.dp, cfg.federation
+    adaptive = AdaptiveClip(
+        dp.clip,
+        dp.target_quantile,
+        dp.clip_lr,
+        dp.count_noise_std or None,
+        expected_clients=float(fed.clients_per_round),
+    )
+    factor = _sensitivity_factor(fed.sampling)
+    split_noise_multiplier(z / factor, adaptive.count_noise_std / factor)
+    return adaptive

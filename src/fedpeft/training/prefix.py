@@ -282,11 +282,11 @@ class PrefixCache:
 def prefix_cache_for(model: Any, source: EncodedData, cfg: JobConfig) -> PrefixCache | None:
     """The job's prefix cache over ``source`` (keys: its example indices), or None.
 
-    None when ``train.prefix_cache`` is off, ``lora.layers`` is 0 or the adapter is not
-    plain LoRA; and, with one log line saying why, when the model cannot use it
+    None when ``train.prefix_cache`` is off, ``lora.layers`` is 0 or the adapter trains on an
+    emulator; and, with one log line saying why, when the model cannot use it
     (:func:`unsupported`): training then runs the whole model.
     """
-    if not cfg.train.prefix_cache or cfg.lora.layers == 0 or cfg.adapter.kind != "lora":
+    if not cfg.train.prefix_cache or cfg.lora.layers == 0 or cfg.adapter.on_emulator:
         return None
     reason = unsupported(model, source)
     if reason is not None:

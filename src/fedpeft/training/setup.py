@@ -85,7 +85,7 @@ def set_threads(threads: int | None) -> None:
 def build_adapted_model(cfg: JobConfig, task: Task, label_names: list[str] | None) -> AdaptedModel:
     """Load the backbone (once per process) and wrap it with the job's adapter."""
     os.environ.setdefault("HF_HUB_OFFLINE", "0")
-    if cfg.adapter.kind == "offsite":
+    if cfg.adapter.on_emulator:
         # Offsite-Tuning: a client holds the emulator (never the full backbone) and trains
         # the sandwich adapter, named as in the full model (fedpeft.adapters.offsite)
         return build_emulator_model(cfg, task, label_names)
