@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 
 # The default job: a federated simulation on the built-in offline dataset.
 run: $(STAMP)
-	$(BIN)/fedpeft simulate --output runs/default
+	$(BIN)/fedpeft simulate --output runs/default --force
 
 # Default test run: everything but `slow` and `gpu` (Ray tests included).
 test: $(STAMP)

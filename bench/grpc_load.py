@@ -56,6 +56,7 @@ def coordinator_main(args: argparse.Namespace) -> None:
     out = Path(args.workdir)
     store = Store(out / "state.db")
     settings = FleetSettings(
+        open_enrollment=True,  # loopback load test: no enrolment secret
         heartbeat_seconds=args.heartbeat,
         liveness_seconds=args.heartbeat * 6,
         max_clients=args.clients,

@@ -133,7 +133,8 @@ class NumpyClientApp:
         delta = self.update_of(task.client_id)
         self.sent[(task.round, task.client_id)] = delta
         state = ClientState(version=task.version, residual=task.state.residual)
-        n = self.num_examples(task.client_id)
+        # an honest client reports its shard's size (the engine caps it by the largest)
+        n = len(task.indices) if task.indices is not None else self.num_examples(task.client_id)
         ctx = ModContext(task.client_id, task.round, n, state)
         payload = self.sender.encode(task, delta, ctx)
         return TrainResult(
@@ -224,7 +225,7 @@ def engine_for(
         backend=spy,
         strategy=make_strategy(fed),
         sampler=ClientSampler(fed.clients, fed.clients_per_round, fed.sampling, 0),
-        shards=[np.arange(3) for _ in range(fed.clients)],
+        shards=[np.arange(10 + c) for c in range(fed.clients)],  # num_examples(c) each
         uplink=uplink_codec(cfg.codec),
         downlink=downlink_codec(cfg.codec),
         run=run,

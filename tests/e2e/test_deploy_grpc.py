@@ -43,7 +43,13 @@ class Deployment:
             "--threads", "1", "--heartbeat-seconds", "1", "--liveness-seconds", "4",
             "--shutdown-grace", "10", *extra,
         ]  # fmt: skip
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        # enrolment needs a secret by default; both sides read it from the environment
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "HF_HUB_OFFLINE": "1",
+            "FEDPEFT_ENROLLMENT_TOKEN": "e2e-secret",
+        }
 
     def _start(self, args: list[str], log: str) -> subprocess.Popen[bytes]:
         out = (self.root / log).open("ab")

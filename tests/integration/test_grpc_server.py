@@ -28,6 +28,7 @@ from fedpeft.protocol.messages import ClientState, TaskSettings, TrainTask
 from fedpeft.protocol.version import PROTOCOL_VERSION
 
 SETTINGS = FleetSettings(
+    open_enrollment=True,
     heartbeat_seconds=0.5,
     liveness_seconds=2.0,
     max_pull_wait=5.0,
@@ -151,15 +152,20 @@ def test_authentication(fleet: Fleet, port: int, tmp_path: Path) -> None:
     assert code_of(lambda: anonymous.heartbeat()) == grpc.StatusCode.UNAUTHENTICATED
     anonymous.authenticate(cid, "not-the-credential")
     assert code_of(lambda: anonymous.heartbeat()) == grpc.StatusCode.UNAUTHENTICATED
+    # an id that does not exist gets the same answer (tests/integration/
+    # test_fleet_robustness.py compares the details too)
     anonymous.authenticate(cid + 100, "whatever")
-    assert code_of(lambda: anonymous.pull(0)) == grpc.StatusCode.NOT_FOUND
+    assert code_of(lambda: anonymous.pull(0)) == grpc.StatusCode.UNAUTHENTICATED
     conn.heartbeat()  # the real client is unaffected
 
 
 def test_enrollment_token_protocol_version_and_rate(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    fleet = make_fleet(tmp_path, replace(SETTINGS, enrollment_token="s3cret", max_clients=4))
+    fleet = make_fleet(
+        tmp_path,
+        replace(SETTINGS, enrollment_token="s3cret", open_enrollment=False, max_clients=4),
+    )
     server = CoordinatorServer(fleet, "127.0.0.1", 0, insecure_localhost=True)
     port = server.start()
     try:
@@ -172,8 +178,11 @@ def test_enrollment_token_protocol_version_and_rate(tmp_path: Path) -> None:
         assert code_of(lambda: raw(old, timeout=5)) == grpc.StatusCode.FAILED_PRECONDITION
         ids = [conn.register("s3cret", f"c{i}").client_id for i in range(4)]
         assert len(set(ids)) == 4
-        # the fifth is over max_clients; then the burst of 6 is spent
-        assert code_of(lambda: conn.register("s3cret", "")) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # the fifth is over max_clients (all four are live); then the burst of 6 is spent
+        with pytest.raises(grpc.RpcError) as full:
+            conn.register("s3cret", "")
+        assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert full.value.details() == "the federation is full: 4 of 4 clients live"
         assert code_of(lambda: conn.register("s3cret", "")) == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         server.stop()

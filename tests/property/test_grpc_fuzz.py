@@ -60,7 +60,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("fuzz")
     fleet = Fleet(
         Store(tmp / "state.db"),
-        FleetSettings(max_pull_wait=0.05, inline_downlink_bytes=64, registration_burst=10_000),
+        FleetSettings(
+            open_enrollment=True,
+            max_pull_wait=0.05,
+            inline_downlink_bytes=64,
+            registration_burst=10_000,
+        ),
         {"job": {}},
         tmp / "artifacts",
     )

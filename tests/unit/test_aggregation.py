@@ -1,4 +1,5 @@
-"""FedAvg is the example-weighted mean; FedExP, FedAdam and FedYogi match hand-computed steps."""
+"""FedAvg is the example-weighted mean; FedExP, FedAdam and FedYogi match hand-computed
+steps; FedMedian, FedTrimmedAvg and Krum ignore one outlier; the per-update bounds clip."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedpeft.aggregation import (
+    DEPLOYMENT_MAX_EXAMPLES,
     STRATEGIES,
+    AggregateStats,
     ClientUpdate,
     FedAdam,
     FedAvg,
     FedExP,
     FedYogi,
+    Krum,
+    UpdateBounds,
     make_strategy,
 )
 from fedpeft.config import FederationConfig
@@ -168,7 +173,15 @@ def test_fedexp_step_is_formula(values: list[tuple[int, float]], eps: float) -> 
 
 
 def test_every_registered_strategy_is_configurable_and_built() -> None:
-    assert list(STRATEGIES) == ["fedavg", "fedexp", "fedadam", "fedyogi"]
+    assert list(STRATEGIES) == [
+        "fedavg",
+        "fedexp",
+        "fedadam",
+        "fedyogi",
+        "fedmedian",
+        "fedtrimmedavg",
+        "krum",
+    ]
     for name, cls in STRATEGIES.items():
         strategy = make_strategy(FederationConfig(strategy=name))
         assert type(strategy) is cls and strategy.name == name
@@ -177,9 +190,20 @@ def test_every_registered_strategy_is_configurable_and_built() -> None:
 def test_strategies_declare_what_aggregation_needs() -> None:
     # FedExP's step reads the spread Σ p_i ‖Δ_i‖²; the others only the mean
     needs = {s: make_strategy(FederationConfig(strategy=s)).needs_sq_norm for s in STRATEGIES}
-    assert needs == {"fedavg": False, "fedexp": True, "fedadam": False, "fedyogi": False}
+    assert needs == {
+        "fedavg": False,
+        "fedexp": True,
+        "fedadam": False,
+        "fedyogi": False,
+        "fedmedian": False,
+        "fedtrimmedavg": False,
+        "krum": False,
+    }
     assert make_strategy(FederationConfig(lora_aggregation="product")).needs_individual_updates
     assert not make_strategy(FederationConfig()).needs_individual_updates
+    # the robust strategies read each update: refused under secure aggregation
+    for name in ("fedmedian", "fedtrimmedavg", "krum"):
+        assert make_strategy(FederationConfig(strategy=name)).needs_individual_updates
 
 
 def test_a_registered_strategy_needs_no_edit_in_config(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,3 +231,124 @@ def test_fedexp_config() -> None:
         make_strategy(FederationConfig(strategy="fedexp", server_momentum=0.9))
     with pytest.raises(ConfigError, match=r"federation\.strategy"):
         FederationConfig(strategy="fedexq")
+
+
+# ---- robust strategies and the per-update bounds (issue 27) -----------------------------
+def _vec_updates(rows: list[list[float]], examples: list[int] | None = None) -> list[ClientUpdate]:
+    ns = examples or [1] * len(rows)
+    return [
+        ClientUpdate(i, n, {"w": np.array(r, np.float32)})
+        for i, (r, n) in enumerate(zip(rows, ns, strict=True))
+    ]
+
+
+ROBUST_CASES = [
+    # (strategy, settings, rows, expected step): one outlier of five, claiming 1e9 examples
+    ("fedmedian", {}, [[1, -1], [2, -2], [3, -3], [4, -4], [1e6, 1e6]], [3.0, -2.0]),
+    (
+        "fedtrimmedavg",
+        {"trim_fraction": 0.2},
+        [[1, 0], [2, 0], [3, 0], [4, 0], [1e6, 0]],
+        [3.0, 0.0],
+    ),
+    (
+        "fedtrimmedavg",
+        {"trim_fraction": 0.0},
+        [[1, 0], [2, 0], [3, 0], [4, 0], [10, 0]],
+        [4.0, 0.0],
+    ),
+    (
+        "krum",
+        {"krum_byzantine": 1},
+        [[1, 1], [1.1, 1], [0.9, 1], [1, 0.9], [1e6, -1e6]],
+        [1.0, 1.0],
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "settings", "rows", "expected"), ROBUST_CASES)
+def test_robust_strategies_ignore_one_outlier_and_its_weight(
+    name: str, settings: dict[str, float], rows: list[list[float]], expected: list[float]
+) -> None:
+    strategy = make_strategy(
+        FederationConfig(strategy=name, server_lr=0.5, update_norm_multiple=0.0, **settings)
+    )
+    current = {"w": np.array([10.0, 10.0], np.float32)}
+    new = strategy.aggregate_train(1, current, _vec_updates(rows, [1, 1, 1, 1, 10**9]))
+    np.testing.assert_allclose(new["w"], 10.0 + 0.5 * np.array(expected), rtol=1e-6)
+
+
+def test_krum_keeps_one_clients_factors_together() -> None:
+    strategy = Krum(byzantine=1)
+    ups = _vec_updates([[1, 1], [1.1, 1], [0.9, 1], [1, 0.9], [50, -50]])
+    new = strategy.aggregate_train(1, {"w": np.zeros(2, np.float32)}, ups)
+    chosen = int(strategy.train_metrics()["krum_chosen"])
+    assert chosen != 4 and np.array_equal(new["w"], ups[chosen].delta["w"])
+
+
+def test_robust_strategies_need_individual_updates() -> None:
+    from fedpeft.coordinator.secure import SecureRound
+
+    secure = SecureRound(
+        tolerated_dropout=0.34, bits=40, clip_range=0.1, weight_cap=64, density=1.0, seed=0
+    )
+    stats = AggregateStats(2, 2.0)
+    for name in ("fedmedian", "fedtrimmedavg", "krum"):
+        strategy = make_strategy(FederationConfig(strategy=name))
+        with pytest.raises(ConfigError):
+            secure.check_strategy(strategy)
+        # central DP hands strategies only a noised mean: refused, naming the field
+        with pytest.raises(ConfigError, match=r"federation\.strategy"):
+            strategy.aggregate_mean(1, {"w": np.zeros(2)}, {"w": np.zeros(2)}, stats)
+    with pytest.raises(ConfigError, match=r"federation\.trim_fraction"):
+        FederationConfig(strategy="fedtrimmedavg", trim_fraction=0.5)
+    with pytest.raises(ConfigError, match=r"federation\.krum_byzantine"):
+        FederationConfig(strategy="krum", krum_byzantine=-1)
+    with pytest.raises(ConfigError, match=r"federation\.server_momentum"):
+        make_strategy(FederationConfig(strategy="fedmedian", server_momentum=0.9))
+
+
+def test_update_bounds_clip_to_a_multiple_of_the_median_norm() -> None:
+    ups = _vec_updates([[1, 0], [0, 1], [0.6, 0.8], [300, 400]])
+    bounded, info = UpdateBounds(norm_multiple=3.0).apply(ups)
+    assert info == {"clients_norm_clipped": 1, "update_norm_bound": pytest.approx(3.0)}
+    np.testing.assert_allclose(bounded[3].delta["w"], [1.8, 2.4], rtol=1e-6)
+    assert all(b is u for b, u in zip(bounded[:3], ups[:3], strict=True))  # untouched
+    # a fixed bound, and the smaller of the two
+    _, info = UpdateBounds(norm_multiple=0.0, norm_max=2.0).apply(ups)
+    assert info["update_norm_bound"] == 2.0 and info["clients_norm_clipped"] == 1
+    _, info = UpdateBounds(norm_multiple=3.0, norm_max=0.5).apply(ups)
+    assert info["update_norm_bound"] == 0.5 and info["clients_norm_clipped"] == 4
+    # off: nothing bounded, nothing recorded
+    same, info = UpdateBounds(norm_multiple=0.0).apply(ups)
+    assert info == {} and same == ups
+
+
+def test_the_bounds_are_on_by_default_and_recorded() -> None:
+    ups = _vec_updates([[1, 0], [0, 1], [0.6, 0.8], [300, 400]])
+    current = {"w": np.zeros(2, np.float32)}
+    strategy = make_strategy(FederationConfig())  # an operator who changes nothing
+    new = strategy.aggregate_train(1, current, ups)
+    assert float(np.linalg.norm(new["w"])) <= 3.0  # the mean of norms <= 3
+    assert strategy.train_metrics()["clients_norm_clipped"] == 1
+    fedexp = make_strategy(FederationConfig(strategy="fedexp"))
+    fedexp.aggregate_train(1, current, ups)
+    assert set(fedexp.train_metrics()) == {
+        "server_step",
+        "clients_norm_clipped",
+        "update_norm_bound",
+    }
+    # a strategy built by hand is unbounded (its unit tests see the plain rule)
+    assert FedAvg().bounds is None
+    with pytest.raises(ConfigError, match=r"federation\.update_norm_multiple"):
+        FederationConfig(update_norm_multiple=0.5)
+    with pytest.raises(ConfigError, match=r"federation\.update_norm_max"):
+        FederationConfig(update_norm_max=float("inf"))
+
+
+def test_the_example_cap() -> None:
+    assert UpdateBounds(max_examples=50).examples_cap([10, 900]) == 50
+    assert UpdateBounds().examples_cap([10, 900]) == 900  # simulation: the largest shard
+    assert UpdateBounds().examples_cap() == DEPLOYMENT_MAX_EXAMPLES
+    with pytest.raises(ConfigError, match=r"federation\.max_client_examples"):
+        FederationConfig(max_client_examples=-1)

@@ -358,9 +358,12 @@ def test_client_calls_out_of_order_or_twice_raise() -> None:
         SecAggClient(12345, r.params)
 
 
-def _unmask_request(r: Round, c: int, survivors, dropped) -> bytes:
+def _unmask_request(r: Round, c: int, survivors, dropped, everyone=None) -> bytes:
+    """A (possibly lying) unmask request: the neighbours to reveal shares of, and the
+    round's declared survivors (default: the server's real ones)."""
     genuine = r.server.message_for(c)
-    return reframe(genuine, pack_ids(sorted(survivors), sorted(dropped)))
+    declared = r.server.survivors if everyone is None else everyone
+    return reframe(genuine, pack_ids(sorted(survivors), sorted(dropped), sorted(declared)))
 
 
 def test_client_refuses_to_reveal_both_shares_of_one_peer() -> None:
@@ -376,7 +379,8 @@ def test_client_refuses_to_reveal_both_shares_of_one_peer() -> None:
         client.unmask(lying)
     assert client.stage == ClientStage.MASKED and client.revealed == {}
     # a peer claimed dropped here: the client reveals its mask-key share only
-    reply = client.unmask(_unmask_request(r, c, peers[1:], peers[:1]))
+    declared = [x for x in r.server.survivors if x != peers[0]]
+    reply = client.unmask(_unmask_request(r, c, peers[1:], peers[:1], declared))
     from fedpeft.privacy.secagg.messages import MASK_SEED, SELF_SEED, unpack_entries
 
     rows = unpack_entries(UNMASK_ENTRY, decode_frame(reply).body, "shares")
@@ -399,6 +403,39 @@ def test_client_refuses_when_fewer_than_threshold_neighbours_survived() -> None:
         r.clients[c].unmask(_unmask_request(r, c, peers[:2], peers[2:]))
     with pytest.raises(SecAggError, match="holds no shares"):
         r.clients[c].unmask(_unmask_request(r, c, [*peers, c], []))
+
+
+def test_client_refuses_to_unmask_below_the_survivor_floor_or_when_left_out() -> None:
+    """Distributed DP's n_min is in the parameters: a coordinator that declares fewer
+    survivors (so that less noise than accounted reaches the sum), that leaves the asked
+    client out, or whose neighbour lists contradict its declared survivors gets nothing."""
+    r = Round(n=10, dropout_fraction=0.0, min_survivors=10)  # complete graph, k 9, t 5
+    assert SecAggParams.from_bytes(r.params.to_bytes()).min_survivors == 10
+    r.advertise()
+    r.share()
+    r.mask()
+    c = r.params.clients[0]
+    peers = list(r.params.neighbours(c))
+    client = r.clients[c]
+    # nine declared survivors complete the protocol (t + 1 = 6) but carry too little noise
+    short = [x for x in r.params.clients if x != peers[-1]]
+    with pytest.raises(SecAggError, match="fewer than the 10"):
+        client.unmask(_unmask_request(r, c, peers[:-1], peers[-1:], short))
+    with pytest.raises(SecAggError, match="leave this client out"):
+        client.unmask(_unmask_request(r, c, peers, [], peers))
+    with pytest.raises(SecAggError, match="contradict"):
+        client.unmask(_unmask_request(r, c, peers[:-1], peers[-1:]))
+    assert client.stage == ClientStage.MASKED and client.revealed == {}
+    client.unmask(_unmask_request(r, c, peers, []))  # the honest request is answered
+    assert client.stage == ClientStage.DONE
+
+
+def test_server_aborts_below_the_survivor_floor() -> None:
+    r = Round(n=10, dropout_fraction=0.0, min_survivors=10)
+    r.advertise()
+    r.share()
+    with pytest.raises(SecAggAborted, match="fewer than the 10 survivors"):
+        r.mask(skip=[r.params.clients[3]])
 
 
 def test_forged_unmask_share_never_gives_a_wrong_sum() -> None:
@@ -459,6 +496,18 @@ def test_params_round_trip_and_validation() -> None:
     for name, change in bad.items():
         with pytest.raises(ConfigError, match=name):
             SecAggParams(**{**fields, **change})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"secagg\.min_survivors"):
+        SecAggParams(**{**fields, "min_survivors": 5})  # type: ignore[arg-type]
+    # two clients would each learn the other's update from the sum
+    with pytest.raises(ConfigError, match=r"secagg\.clients.*at least 3"):
+        SecAggParams(**{**fields, "clients": (1, 3), "degree": 1, "threshold": 1})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"secagg\.clients"):
+        plan_secagg([1, 2], length=1, bits=8, round_num=0, seed=0)
+    # an odd degree below the complete graph (antipodal edges) is refused by every client
+    many = tuple(range(20))
+    with pytest.raises(ConfigError, match=r"secagg\.degree.*odd"):
+        SecAggParams(**{**fields, "clients": many, "degree": 9, "threshold": 5})  # type: ignore[arg-type]
+    SecAggParams(**{**fields, "clients": many[:10], "degree": 9, "threshold": 5})  # type: ignore[arg-type]
 
 
 # -- docs/secagg.md reads its figures from the bench results -------------------

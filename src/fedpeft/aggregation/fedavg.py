@@ -42,6 +42,9 @@ class FedAvg(Strategy):
     averaged as usual.
     """
 
+    #: FedAvg needs each update only with product aggregation
+    individual_updates_setting = "federation.lora_aggregation"
+
     name = "fedavg"
 
     def __init__(
@@ -81,7 +84,7 @@ class FedAvg(Strategy):
             lora_aggregation=fed.lora_aggregation,
         )
 
-    def aggregate_train(
+    def aggregate_updates(
         self, round_num: int, current: Tensors, updates: Sequence[ClientUpdate]
     ) -> Tensors:
         if self.lora_aggregation == "product":
@@ -151,7 +154,7 @@ class FedExP(FedAvg):
             raise ConfigError("federation.server_momentum", "fedexp has no server momentum")
         return cls(server_lr=fed.server_lr, eps=fed.fedexp_eps)
 
-    def aggregate_train(
+    def aggregate_updates(
         self, round_num: int, current: Tensors, updates: Sequence[ClientUpdate]
     ) -> Tensors:
         return self.aggregate_mean(
@@ -173,4 +176,4 @@ class FedExP(FedAvg):
         }
 
     def train_metrics(self) -> dict[str, float]:
-        return {"server_step": self.last_step}
+        return {**super().train_metrics(), "server_step": self.last_step}

@@ -17,11 +17,15 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Self, TypeVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 import numpy as np
 
 from fedpeft.tensors import Tensors, sq_norm
+
+if TYPE_CHECKING:
+    from fedpeft.aggregation.bounds import UpdateBounds
 
 
 @dataclass(frozen=True)
@@ -80,16 +84,6 @@ def aggregate_stats(updates: Sequence[ClientUpdate]) -> AggregateStats:
     return AggregateStats(len(weighted), total, spread)
 
 
-def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
-    """Example-weighted mean of every metric the clients reported."""
-    total = float(sum(u.num_examples for u in updates)) or 1.0
-    keys = sorted({k for u in updates for k in u.metrics})
-    return {
-        k: sum(u.num_examples * float(u.metrics[k]) for u in updates if k in u.metrics) / total
-        for k in keys
-    }
-
-
 class FederationSettings(Protocol):
     """What strategies read of the job's ``[federation]`` section
     (:class:`fedpeft.config.FederationConfig`; this package does not import the config,
@@ -103,6 +97,11 @@ class FederationSettings(Protocol):
     beta2: float
     tau: float
     fedexp_eps: float
+    trim_fraction: float
+    krum_byzantine: int
+    max_client_examples: int
+    update_norm_multiple: float
+    update_norm_max: float
 
 
 class Strategy(abc.ABC):
@@ -114,15 +113,25 @@ class Strategy(abc.ABC):
     FedAvgM, FedAdam, FedYogi, FedExP with its spread scalar) implements the latter and
     gets the former for free; one that needs individual updates sets
     ``needs_individual_updates`` and is refused with secure aggregation.
+
+    :meth:`aggregate_train` is a template: it bounds each update's norm (``bounds``, set
+    from ``[federation]`` by :func:`fedpeft.aggregation.make_strategy`; None: unbounded)
+    and hands the bounded updates to the hook :meth:`aggregate_updates`.
     """
 
     name: str = "strategy"
     #: True when aggregation needs each client's update (refused under secure aggregation)
     needs_individual_updates: bool = False
+    #: the setting a refusal names when individual updates are not available
+    individual_updates_setting: str = "federation.strategy"
     #: True when :meth:`aggregate_mean` reads ``stats.mean_sq_norm``: a secure round then
     #: carries it as one more masked scalar per client, and DP refuses the strategy (the
     #: norms are not noised)
     needs_sq_norm: bool = False
+    #: the coordinator's per-update bounds of plain rounds (None: unbounded)
+    bounds: UpdateBounds | None = None
+    #: what the last bounding did, for the round's metrics line
+    bound_metrics: Mapping[str, Any] = MappingProxyType({})
 
     @classmethod
     @abc.abstractmethod
@@ -137,7 +146,17 @@ class Strategy(abc.ABC):
     def aggregate_train(
         self, round_num: int, current: Tensors, updates: Sequence[ClientUpdate]
     ) -> Tensors:
-        """Return the new global adapter from the current one and the round's updates."""
+        """Return the new global adapter from the current one and the round's updates,
+        each bounded first (subclasses override :meth:`aggregate_updates`, not this)."""
+        if self.bounds is not None:
+            updates, self.bound_metrics = self.bounds.apply(updates)
+        return self.aggregate_updates(round_num, current, updates)
+
+    def aggregate_updates(
+        self, round_num: int, current: Tensors, updates: Sequence[ClientUpdate]
+    ) -> Tensors:
+        """The hook of :meth:`aggregate_train`: the new global adapter from the round's
+        (bounded) updates; by default the step from their weighted mean."""
         return self.aggregate_mean(
             round_num, current, weighted_mean(updates), aggregate_stats(updates)
         )
@@ -151,8 +170,8 @@ class Strategy(abc.ABC):
 
     def train_metrics(self) -> dict[str, float]:
         """Server-side numbers of the last ``aggregate_train`` for the round's metrics line
-        (a server step size, say); none by default."""
-        return {}
+        (a server step size, say): by default what the bounds did."""
+        return dict(self.bound_metrics)
 
     def configure_evaluate(self, round_num: int, every: int, last_round: int) -> bool:
         """Whether to evaluate the global adapter after ``round_num``."""

@@ -43,6 +43,12 @@ def run(
     max_rss_mb: int | None = typer.Option(
         None, "--max-rss-mb", help="memory guard: refuse tasks above this resident size"
     ),
+    max_refusals: int = typer.Option(
+        20,
+        "--max-refusals",
+        help="stop after the coordinator refused this many times in a row for lack of room "
+        "(the federation is full)",
+    ),
 ) -> None:
     """Register with a coordinator and train for it until the run is over."""
     from fedpeft.client.daemon import DaemonOptions, parse_shard, run_daemon
@@ -64,6 +70,7 @@ def run(
         name=name,
         threads=threads,
         max_rss_mb=max_rss_mb,
+        max_refusals=max_refusals,
     )
     log_to_stderr()
     raise typer.Exit(run_daemon(opts))

@@ -68,6 +68,16 @@ def tensorboard_option() -> Any:
     )
 
 
+def force_option() -> Any:
+    """``--force``: replace the run an ``--output`` folder already holds."""
+    return typer.Option(
+        False,
+        "--force",
+        help="replace the run the --output folder holds (its run files are removed)",
+        rich_help_panel=OUTPUT_PANEL,
+    )
+
+
 def log_to_stderr() -> None:
     """Progress lines (rounds, clients, refused calls) at INFO on stderr for a service
     (journald adds the time); ``--debug`` keeps DEBUG."""

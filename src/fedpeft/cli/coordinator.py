@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from fedpeft.cli.common import config_file_option, console, log_to_stderr, resolve_config
+from fedpeft.cli.common import (
+    config_file_option,
+    console,
+    force_option,
+    log_to_stderr,
+    resolve_config,
+)
 from fedpeft.cli.options import JOB_DEFAULTS, SIMULATION_ONLY, job_keys, job_options
 from fedpeft.config import JobConfig
 from fedpeft.errors import ConfigError
@@ -55,11 +61,17 @@ ENROLLMENT_TOKEN = typer.Option(
     None,
     "--enrollment-token",
     envvar="FEDPEFT_ENROLLMENT_TOKEN",
-    help="clients must present it to register (default: open enrollment)",
+    help="clients must present it to register (required unless --open-enrollment)",
     rich_help_panel=_PANEL,
 )
 METRICS_PORT = typer.Option(
     None, "--metrics-port", help="serve Prometheus /metrics on this port", rich_help_panel=_PANEL
+)
+METRICS_HOST = typer.Option(
+    "127.0.0.1",
+    "--metrics-host",
+    help="address /metrics listens on (loopback unless told otherwise)",
+    rich_help_panel=_PANEL,
 )
 ROUND_TIMEOUT = typer.Option(
     14400.0,
@@ -88,6 +100,13 @@ SHUTDOWN_GRACE = typer.Option(
     help="seconds to keep telling daemons the run is over",
     rich_help_panel=_PANEL,
 )
+OPEN_ENROLLMENT = typer.Option(
+    False,
+    "--open-enrollment",
+    help="let anyone who reaches the port register, with no enrolment secret (implied "
+    "by --insecure-localhost without a token: only this machine can reach it)",
+    rich_help_panel=_PANEL,
+)
 MAX_UPDATE_MB = typer.Option(
     256.0, "--max-update-mb", help="largest client update", rich_help_panel=_PANEL
 )
@@ -111,7 +130,9 @@ def serve(
     tls_key: Path | None = TLS_KEY,
     tls_ca: Path | None = TLS_CA,
     enrollment_token: str | None = ENROLLMENT_TOKEN,
+    open_enrollment: bool = OPEN_ENROLLMENT,
     metrics_port: int | None = METRICS_PORT,
+    metrics_host: str = METRICS_HOST,
     round_timeout: float = ROUND_TIMEOUT,
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
     liveness_seconds: float = LIVENESS_SECONDS,
@@ -119,17 +140,24 @@ def serve(
     shutdown_grace: float = SHUTDOWN_GRACE,
     max_update_mb: float = MAX_UPDATE_MB,
     inline_downlink_kb: int = INLINE_DOWNLINK_KB,
+    force: bool = force_option(),
 ) -> None:
-    """Serve a federated job to client daemons; exits 0 when every round is done."""
+    """Serve a federated job to client daemons; exits 0 when every round is done.
+
+    Restarted with the same --output and --state it resumes its run; an --output that
+    holds another run is refused unless --force."""
     from fedpeft.coordinator.server import ServeOptions, serve_job
 
     cfg = resolve_config(config, overrides, JOB_DEFAULTS)
     if config is None and "output" not in overrides:
         raise ConfigError("--output", "name the run folder (metrics.jsonl, adapter, checkpoint)")
     tls = _tls_files(tls_cert, tls_key, tls_ca)
+    # plaintext listens on loopback only: without a token, enrolment is open to this machine
+    open_enrollment = open_enrollment or (insecure_localhost and not enrollment_token)
     fleet = _fleet_settings(
         cfg,
         enrollment_token,
+        open_enrollment,
         heartbeat_seconds,
         liveness_seconds,
         max_update_mb,
@@ -142,10 +170,12 @@ def serve(
         tls=tls,
         insecure_localhost=insecure_localhost,
         metrics_port=metrics_port,
+        metrics_host=metrics_host,
         round_timeout=round_timeout,
         wait_clients_timeout=wait_clients_timeout,
         shutdown_grace=shutdown_grace,
         fleet=fleet,
+        force=force,
     )
     log_to_stderr()
     summary = serve_job(cfg, opts, app_factory=functools.partial(_coordinator_app, cfg))
@@ -166,25 +196,41 @@ def _tls_files(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFiles
 def _fleet_settings(
     cfg: JobConfig,
     enrollment_token: str | None,
+    open_enrollment: bool,
     heartbeat_seconds: float,
     liveness_seconds: float,
     max_update_mb: float,
     inline_downlink_kb: int,
 ) -> FleetSettings:
-    """How the coordinator admits and watches its daemons."""
+    """How the coordinator admits and watches its daemons (``serve_job`` refuses, before
+    any data loads, a fleet nobody could enrol in safely)."""
     from fedpeft.coordinator.handlers import FleetSettings
 
     try:
-        return FleetSettings(
+        settings = FleetSettings(
             enrollment_token=enrollment_token or None,
+            open_enrollment=open_enrollment,
             heartbeat_seconds=heartbeat_seconds,
             liveness_seconds=liveness_seconds,
             max_clients=cfg.federation.clients,
             max_update_bytes=int(max_update_mb * 2**20),
+            max_client_examples=_examples_cap(cfg),
             inline_downlink_bytes=inline_downlink_kb * 1024,
         )
+    except ConfigError:
+        raise
     except ValueError as exc:
         raise ConfigError("--liveness-seconds", str(exc)) from exc
+    return settings
+
+
+def _examples_cap(cfg: JobConfig) -> int:
+    """The most examples one daemon may claim: federation.max_client_examples, else the
+    SecAgg weight cap, else the deployment default."""
+    from fedpeft.aggregation import DEPLOYMENT_MAX_EXAMPLES
+
+    weight_cap = cfg.secagg.weight_cap if cfg.secagg.enabled else 0
+    return cfg.federation.max_client_examples or weight_cap or DEPLOYMENT_MAX_EXAMPLES
 
 
 def _coordinator_app(cfg: JobConfig, name: str) -> ClientApp:

@@ -1,7 +1,9 @@
 """The ``fedpeft`` console script.
 
-Every fedpeft error becomes one line on stderr and exit code 2; any other exception (a
-bug) one line and exit code 1; ``--debug`` shows the traceback instead.
+Every fedpeft error becomes one line on stderr and exit code 2, and so does an operating
+system error about a named file (missing, unreadable: the operator's to fix, and the line
+names the file); any other exception (a bug) one line and exit code 1; ``--debug`` shows
+the traceback instead.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 import os
 import sys
 import warnings
+from typing import NoReturn
 
 import typer
 
@@ -38,7 +41,7 @@ def _root(
 
 
 def _register() -> None:
-    from fedpeft.cli import export, offsite, simulate, train
+    from fedpeft.cli import dp, export, offsite, simulate, train
     from fedpeft.cli import init as init_cmd
 
     train.register(app)
@@ -50,6 +53,7 @@ def _register() -> None:
 
     coordinator.register(app)
     client.register(app)
+    dp.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,16 +68,28 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:
+        if _DEBUG["on"]:
+            raise
+        if exc.filename is None:  # no file to name: treat as unexpected
+            _unexpected(exc)
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        sys.exit(2)
     except Exception as exc:  # a bug, not a user error: still one line unless --debug
         if _DEBUG["on"]:
             raise
-        lines = str(exc).strip().splitlines()
-        print(
-            f"error: {type(exc).__name__}: {lines[0] if lines else ''} "
-            "(unexpected: `fedpeft --debug ...` shows the traceback)",
-            file=sys.stderr,
-        )
-        sys.exit(1)
+        _unexpected(exc)
+
+
+def _unexpected(exc: BaseException) -> NoReturn:
+    """A bug, not a user error: still one line, exit code 1."""
+    lines = str(exc).strip().splitlines()
+    print(
+        f"error: {type(exc).__name__}: {lines[0] if lines else ''} "
+        "(unexpected: `fedpeft --debug ...` shows the traceback)",
+        file=sys.stderr,
+    )
+    sys.exit(1)
 
 
 if __name__ == "__main__":

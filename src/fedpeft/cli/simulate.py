@@ -12,6 +12,7 @@ from rich.table import Table
 from fedpeft.cli.common import (
     config_file_option,
     console,
+    force_option,
     print_config_and_exit,
     print_config_option,
     resolve_config,
@@ -22,7 +23,7 @@ from fedpeft.config import JobConfig
 from fedpeft.coordinator.engine import EngineHooks
 from fedpeft.errors import ConfigError
 from fedpeft.protocol.messages import TrainResult
-from fedpeft.rundir import RunDir
+from fedpeft.rundir import RunDir, new_run_id
 
 if TYPE_CHECKING:
     from fedpeft.tensorboard import ScalarLogger
@@ -40,11 +41,20 @@ def simulate(
         None, "--resume", help="continue this run folder", rich_help_panel=EXPERIMENT_PANEL
     ),
     tensorboard: Path | None = tensorboard_option(),
+    force: bool = force_option(),
 ) -> None:
-    """Simulate federated LoRA fine-tuning over many virtual clients."""
+    """Simulate federated LoRA fine-tuning over many virtual clients.
+
+    An --output that holds a run already is refused unless --force (--resume continues
+    the run its folder holds)."""
     cfg = _simulate_config(overrides, config, resume)
     if print_config:
         print_config_and_exit(cfg)
+    if resume is not None and force:
+        raise ConfigError("--force", "--resume continues its own run; there is none to replace")
+    run = RunDir(cfg.output)
+    if resume is None:
+        run.check_claim(new_run_id(), force=force)  # before any file is written
     cap = cfg.data.max_eval_examples
     console.print(
         f"evaluating on the first {cap} held-out examples (data.max_eval_examples; "
@@ -52,7 +62,7 @@ def simulate(
         if cap
         else "evaluating on every held-out example"
     )
-    summary = _run_with_display(cfg, resume is not None, tensorboard)
+    summary = _run_with_display(cfg, resume is not None, tensorboard, force)
     _print_summary(summary, cfg)
 
 
@@ -67,7 +77,9 @@ def _simulate_config(
     return RunDir(resume).config().replace({**overrides, "output": str(resume)})
 
 
-def _run_with_display(cfg: JobConfig, resume: bool, tensorboard: Path | None) -> dict[str, Any]:
+def _run_with_display(
+    cfg: JobConfig, resume: bool, tensorboard: Path | None, force: bool = False
+) -> dict[str, Any]:
     """Run the simulation under a live table of its progress (and TensorBoard scalars)."""
     from fedpeft.simulation import run_simulation
     from fedpeft.tensorboard import ScalarLogger
@@ -78,7 +90,7 @@ def _run_with_display(cfg: JobConfig, resume: bool, tensorboard: Path | None) ->
     try:
         with Live(display.render(), console=console, refresh_per_second=4) as live:
             display.live = live
-            summary = run_simulation(cfg, resume=resume, hooks=display.hooks())
+            summary = run_simulation(cfg, resume=resume, hooks=display.hooks(), force=force)
         if tb is not None:  # round 0: the adapter before any training
             tb.log({k[8:]: v for k, v in summary.items() if k.startswith("initial_")}, 0)
     finally:

@@ -48,12 +48,19 @@ class LoraClientApp:
     """A LoRA client: one backbone in memory, any number of virtual clients."""
 
     def __init__(
-        self, cfg: JobConfig, *, mods: list[UpdateMod] | None = None, name: str = "worker"
+        self,
+        cfg: JobConfig,
+        *,
+        mods: list[UpdateMod] | None = None,
+        name: str = "worker",
+        label_names: list[str] | None = None,
     ) -> None:
+        """``label_names``: the job's labels, when this client's data may hold only some of
+        them (a daemon under label skew); the head then has one output per job label."""
         set_threads(cfg.train.threads)
         self.cfg = cfg
         self.name = name
-        data = load_job_data(cfg)
+        data = load_job_data(cfg, label_names=label_names)
         self.adapted = build_adapted_model(cfg, data.task, data.label_names)
         self.model = self.adapted.model
         self.initial = to_numpy(trainable_state(self.model))  # before any client trains

@@ -17,9 +17,17 @@ so a restarted daemon continues as the same client. The coordinator's job decide
 LoRA, max_length, training and codec settings; ``--data`` replaces ``data.train`` and
 ``--shard i/n`` keeps a deterministic i-th of n slice of it (a fixed permutation, seed 0).
 
+Before it takes a slot the daemon asks for the job (a probe registration) and checks its
+data against it: the job's data settings must read the file, every label must be one of
+the job's (a subset is fine: under label skew one class is normal), and its shard must
+not be empty. Data that cannot train never registers.
+
 Failures: an unreachable coordinator is retried with exponential backoff and full jitter;
-SIGTERM finishes the task in progress (and pushes it), then exits 0; the daemon exits 0
-when the coordinator says the run is over.
+a full federation (RESOURCE_EXHAUSTED, with the coordinator's reason) is retried
+``max_refusals`` times, then the daemon stops with that reason; a TLS handshake failure
+stops it at once with one line naming the coordinator. SIGTERM finishes the task in
+progress (and pushes it), then exits 0; the daemon exits 0 when the coordinator says the
+run is over.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -41,10 +50,10 @@ import numpy as np
 
 from fedpeft.compression.chain import is_chain
 from fedpeft.config import JobConfig
-from fedpeft.errors import ConfigError, FedPeftError, ProtocolError
+from fedpeft.errors import ConfigError, DataError, FedPeftError, ProtocolError
 from fedpeft.protocol import serde, wire
 from fedpeft.protocol.messages import ClientState, TaskSettings, Tensors, TrainResult, TrainTask
-from fedpeft.protocol.transport import MAX_MESSAGE_BYTES, check_transport
+from fedpeft.protocol.transport import MAX_MESSAGE_BYTES, is_loopback
 from fedpeft.protocol.version import (
     CHUNK_BYTES,
     CLIENT_KEY,
@@ -91,6 +100,13 @@ class DaemonOptions:
     pull_wait: float = 20.0
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
+    max_refusals: int = 20  # RESOURCE_EXHAUSTED (federation full) this often in a row: stop
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_refusals, int) or self.max_refusals < 1:
+            raise ConfigError(
+                "--max-refusals", f"must be a positive integer, got {self.max_refusals!r}"
+            )
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -109,6 +125,49 @@ def shard_indices(num_examples: int, shard: tuple[int, int]) -> np.ndarray:
     i, n = shard
     order = np.random.default_rng(0).permutation(num_examples)
     return np.sort(np.array_split(order, n)[i])
+
+
+def check_local_data(job: dict[str, Any], data: str, shard: tuple[int, int]) -> list[str]:
+    """Read ``data`` as the job reads training data; DaemonError naming ``--data`` unless
+    it can train for the job. Returns the job's labels this data holds (any non-empty
+    subset of the job's joins: one class per client is normal under label skew)."""
+    from fedpeft.data import ClassificationData, load_dataset
+
+    if "job" not in job:
+        raise DaemonError("the coordinator sent no job; is it a fedpeft coordinator?")
+    d = JobConfig.from_dict(job["job"]).data
+    expected = job.get("label_names")
+    try:
+        dataset = load_dataset(
+            data,
+            text_column=d.text_column,
+            label_column=d.label_column,
+            header=None if d.header == "auto" else bool(d.header),
+            label_names=expected,
+            max_examples=d.max_train_examples,
+        )
+    except (ConfigError, DataError) as exc:
+        raise DaemonError(f"--data {data} cannot train for this job: {exc}") from exc
+    classifies = isinstance(dataset, ClassificationData)
+    if classifies != (expected is not None):
+        want = "labelled examples" if expected is not None else "instruction examples"
+        raise DaemonError(f"--data {data}: the job ({job.get('task')}) needs {want}")
+    if len(shard_indices(len(dataset), shard)) == 0:
+        raise DaemonError(
+            f"--data {data}: shard {shard[0]}/{shard[1]} of its {len(dataset)} examples is empty"
+        )
+    if not isinstance(dataset, ClassificationData):
+        return []
+    present = set(dataset.labels)
+    return [name for i, name in enumerate(dataset.label_names) if i in present]
+
+
+def handshake_failure(details: str) -> str | None:
+    """The TLS reason in a channel error's details, or None when it is not a handshake."""
+    match = re.search(r"handshake failed[^:]*:\s*(.*)", details, re.IGNORECASE)
+    if match is None:
+        return None
+    return match.group(1).removesuffix(": OK").strip() or "no reason given"
 
 
 def backoff_delays(base: float, cap: float) -> Iterator[float]:
@@ -204,9 +263,19 @@ class Connection:
     def __init__(self, opts: DaemonOptions) -> None:
         host = opts.coordinator.rsplit(":", 1)[0]
         if opts.insecure_localhost:
-            check_transport(host, None, True, "the coordinator's")
+            if not is_loopback(host):
+                raise ConfigError(
+                    "--insecure-localhost",
+                    f"plaintext is allowed to 127.0.0.1 only; the coordinator's address is "
+                    f"{host!r}: use TLS, --tls-ca with the CA that signed its certificate",
+                )
         elif (opts.tls_cert is None) != (opts.tls_key is None):
             raise ConfigError("--tls-cert", "mutual TLS needs both --tls-cert and --tls-key")
+        for flag, path in (("--tls-ca", opts.tls_ca), ("--tls-cert", opts.tls_cert)):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(flag, f"file not found: {path}")
+        if opts.tls_key is not None and not Path(opts.tls_key).is_file():
+            raise ConfigError("--tls-key", f"file not found: {opts.tls_key}")
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -244,8 +313,8 @@ class Connection:
     def authenticate(self, client_id: int, credential: str) -> None:
         self.metadata = ((CLIENT_KEY, str(client_id)), (TOKEN_KEY, credential))
 
-    def register(self, token: str, name: str) -> wire.Registration:
-        req = wire.RegisterRequest(token, PROTOCOL_VERSION, name)
+    def register(self, token: str, name: str, *, probe: bool = False) -> wire.Registration:
+        req = wire.RegisterRequest(token, PROTOCOL_VERSION, name, probe=probe)
         reply = self._register(serde.register_request_to_bytes(req), timeout=30)
         return serde.registration_from_bytes(reply)
 
@@ -331,23 +400,45 @@ class ClientDaemon:
         self._task: tuple[int, str] = (0, "")
         self._stale_serial = -1  # the handling a heartbeat reported stale
         self.app: Any = None
+        self.present: list[str] = []  # the job's labels the local data holds
         self.indices: np.ndarray | None = None
         self._delays = backoff_delays(opts.backoff_base, opts.backoff_cap)
 
     # ---- retry --------------------------------------------------------------------------
     def _retry(self, what: str, call: Callable[[], T]) -> T:
-        """``call`` until it succeeds, backing off on transient errors (coordinator down)."""
+        """``call`` until it succeeds, backing off on transient errors (coordinator down);
+        a refusal for lack of room (RESOURCE_EXHAUSTED) at most ``max_refusals`` times in a
+        row; a TLS handshake failure not at all."""
+        refusals = 0
         while True:
             try:
                 result = call()
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
+                details = exc.details() if hasattr(exc, "details") else str(exc)
                 if code == grpc.StatusCode.CANCELLED and self.stop.is_set():
                     raise
                 if code not in RETRYABLE and code != grpc.StatusCode.RESOURCE_EXHAUSTED:
                     raise
+                self._check_handshake(details or "")
                 delay = next(self._delays)
-                log.info("%s: %s; retrying in %.1fs", what, code, delay)
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    refusals += 1
+                    if refusals >= self.opts.max_refusals:
+                        raise DaemonError(
+                            f"the coordinator {self.opts.coordinator} refused {what} "
+                            f"{refusals} times: {details}; giving up"
+                        ) from exc
+                    log.warning(
+                        "%s refused (%d of %d): %s; retrying in %.1fs",
+                        what,
+                        refusals,
+                        self.opts.max_refusals,
+                        details,
+                        delay,
+                    )
+                else:
+                    log.info("%s: %s; retrying in %.1fs", what, code, delay)
                 # stopping (SIGTERM) gives up waiting, except to deliver a finished update
                 if self.stop.wait(delay) and what != "push":
                     raise
@@ -355,12 +446,36 @@ class ClientDaemon:
             self._delays = backoff_delays(self.opts.backoff_base, self.opts.backoff_cap)
             return result
 
-    # ---- start-up -----------------------------------------------------------------------
-    def register(self) -> None:
-        reg = self._retry(
-            "register",
-            lambda: self.conn.register(self.opts.enrollment_token, self.opts.name),
+    def _check_handshake(self, details: str) -> None:
+        """A failed TLS handshake does not heal by retrying: stop with one line."""
+        reason = handshake_failure(details)
+        if reason is None:
+            return
+        hint = "--tls-ca (the CA that signed the coordinator's certificate)"
+        if self.opts.insecure_localhost:
+            hint = "TLS: the coordinator does not speak plaintext; --tls-ca instead"
+        raise DaemonError(
+            f"TLS handshake with the coordinator {self.opts.coordinator} failed ({reason}); "
+            f"check {hint}"
         )
+
+    # ---- start-up -----------------------------------------------------------------------
+    def enroll(self) -> None:
+        """Ask for the job, check the local data against it, then register."""
+        probe = self._retry(
+            "register",
+            lambda: self.conn.register(self.opts.enrollment_token, self.opts.name, probe=True),
+        )
+        self.present = check_local_data(probe.job_config, self.opts.data, self.opts.shard)
+        if self.present:
+            log.info("--data holds %d of the job's labels: %s", len(self.present), self.present)
+        if probe.credential:  # a coordinator without probes registered us already
+            reg = probe
+        else:
+            reg = self._retry(
+                "register",
+                lambda: self.conn.register(self.opts.enrollment_token, self.opts.name),
+            )
         self.state.save_registration(reg, self.opts.coordinator)
         log.info("registered as client %d (run %s)", reg.client_id, reg.run_id)
         self.heartbeat_seconds = reg.heartbeat_seconds or self.heartbeat_seconds
@@ -368,9 +483,14 @@ class ClientDaemon:
     def identify(self) -> dict[str, Any]:
         identity = self.state.identity()
         if identity is None or identity.get("coordinator") != self.opts.coordinator:
-            self.register()
+            self.enroll()
             identity = self.state.identity()
-        assert identity is not None  # written by register()
+        else:  # known here already: the data must still fit the job it holds
+            job = self.state.job()
+            if job is None:
+                raise DaemonError(f"{self.state.path}/job.json is missing; delete the folder")
+            self.present = check_local_data(job, self.opts.data, self.opts.shard)
+        assert identity is not None  # written by enroll()
         self.client_id = int(identity["client_id"])
         self.conn.authenticate(self.client_id, str(identity["credential"]))
         return identity
@@ -393,10 +513,15 @@ class ClientDaemon:
         from fedpeft.client.app import LoraClientApp
 
         cfg = self.job_config()
-        self.app = LoraClientApp(cfg, name=f"client-{self.client_id}")
-        self.app.on_step = self._on_step
         job = self.state.job() or {}
         expected = job.get("label_names")
+        name = f"client-{self.client_id}"
+        if expected is not None and self.present != list(expected):
+            # a subset of the job's labels: the head and the label ids are the job's
+            self.app = LoraClientApp(cfg, name=name, label_names=list(expected))
+        else:
+            self.app = LoraClientApp(cfg, name=name)
+        self.app.on_step = self._on_step
         mine = self.app.adapted.label_names
         if expected is not None and list(expected) != list(mine or []):
             raise DaemonError(
@@ -431,8 +556,10 @@ class ClientDaemon:
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> int:
         self.identify()
-        self.load_app()
+        # heartbeats from here on: a daemon loading its backbone is live, not gone
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
+        self.load_app()
+        enrolled_again = False
         while not self.stop.is_set() and not self.over.is_set():
             try:
                 reply = self._retry("pull", lambda: self.conn.pull(self.opts.pull_wait))
@@ -440,20 +567,23 @@ class ClientDaemon:
                 code = exc.code() if hasattr(exc, "code") else None
                 if code == grpc.StatusCode.CANCELLED:
                     continue  # SIGTERM or run over: the loop condition decides
-                if code == grpc.StatusCode.NOT_FOUND:  # the coordinator forgot us: new run
+                if code == grpc.StatusCode.UNAUTHENTICATED and not enrolled_again:
+                    # a new run (fresh state database) or an expired registration
                     log.warning(
-                        "coordinator does not know client %d; registering again", self.client_id
+                        "the coordinator refused client %d (%s); registering again",
+                        self.client_id,
+                        exc.details(),
                     )
-                    self.state.reset_training_state()
-                    self.register()
-                    self.identify()
+                    self.reenroll()
+                    enrolled_again = True
                     continue
                 if code == grpc.StatusCode.UNAUTHENTICATED:
                     raise DaemonError(
-                        f"credential refused ({exc.details()}); delete {self.state.path} to "
-                        "enroll again"
+                        f"credential refused ({exc.details()}) right after registering; "
+                        f"delete {self.state.path} to enroll again"
                     ) from exc
                 raise
+            enrolled_again = False
             if reply.status is wire.PullStatus.RUN_OVER:
                 self.over.set()
             elif reply.status is wire.PullStatus.TASK and reply.task is not None:
@@ -465,6 +595,15 @@ class ClientDaemon:
         )
         self.conn.close()
         return 0
+
+    def reenroll(self) -> None:
+        """Register again; a job that changed (a new run) gets a new app."""
+        job = self.state.job()
+        self.enroll()
+        self.identify()
+        if self.state.job() != job:
+            self.state.reset_training_state()
+            self.load_app()
 
     def handle(self, wt: wire.WireTask) -> None:
         serial = self._task[0] + 1

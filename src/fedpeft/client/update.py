@@ -26,8 +26,8 @@ from fedpeft.protocol.messages import Tensors, TrainResult, TrainTask
 #: AttributeError, KeyError — is a bug and propagates.
 CLIENT_ERRORS = (FedPeftError, ValueError, RuntimeError, MemoryError)
 
-#: What a client's own clip mod reports; under secure aggregation it stays on the client
-#: (a client's norm would tell the coordinator about its update).
+#: What a client's own clip mod reports; under secure aggregation or DP it stays on the
+#: client (a client's norm would tell the coordinator about its update, unnoised).
 NORM_INFO = ("update_norm", "clip_factor", "dp_clipped")
 
 
@@ -53,6 +53,11 @@ class UpdateSender:
         if task.settings.dp_clip is not None:
             mods.append(clip_mod(task.settings.dp_clip))
         delta = apply_mods(mods, delta, ctx)
+        if task.settings.dp_clip is not None:
+            # under DP a client's norm would be released in the clear, neither noised
+            # nor accounted: it stays here
+            for key in NORM_INFO:
+                ctx.info.pop(key, None)
         if enc is not None:
             return self._masked_input(task, delta, enc, ctx, feedback)
         payload = self.uplink.encode(delta)

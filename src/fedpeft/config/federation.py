@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fedpeft.aggregation import LORA_AGGREGATIONS, STRATEGIES
+from fedpeft.aggregation import DEPLOYMENT_MAX_EXAMPLES, LORA_AGGREGATIONS, STRATEGIES, UpdateBounds
 from fedpeft.config.checks import choices, doc, fraction, int_in, non_negative, one_of, positive
 from fedpeft.data.partition import PARTITIONERS
 from fedpeft.errors import ConfigError
@@ -56,6 +56,32 @@ class FederationConfig:
     tau: float = field(default=1e-3, metadata=doc("FedAdam/FedYogi adaptivity"))
     fedexp_eps: float = field(
         default=1e-3, metadata=doc("FedExP: epsilon in the server step's denominator")
+    )
+    trim_fraction: float = field(
+        default=0.2,
+        metadata=doc("fedtrimmedavg: fraction of the values dropped at each end, per coordinate"),
+    )
+    krum_byzantine: int = field(
+        default=1, metadata=doc("krum: malicious clients a round's cohort is assumed to hold")
+    )
+    max_client_examples: int = field(
+        default=0,
+        metadata=doc(
+            "most training examples one client may report; a larger count rejects its "
+            "update (0 = the largest client's shard in simulation, "
+            f"{DEPLOYMENT_MAX_EXAMPLES} in a deployment)"
+        ),
+    )
+    update_norm_multiple: float = field(
+        default=3.0,
+        metadata=doc(
+            "plain rounds: clip each update's L2 norm to this multiple of the cohort's "
+            "median norm (0 = off)"
+        ),
+    )
+    update_norm_max: float = field(
+        default=0.0,
+        metadata=doc("plain rounds: clip each update's L2 norm to this bound (0 = off)"),
     )
     lora_aggregation: str = field(
         default="factors",
@@ -162,6 +188,20 @@ class FederationConfig:
             fraction("federation", name, getattr(self, name))
         positive("federation", "tau", self.tau)
         positive("federation", "fedexp_eps", self.fedexp_eps)
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ConfigError(
+                "federation.trim_fraction", f"must be in [0, 0.5), got {self.trim_fraction}"
+            )
+        if (
+            isinstance(self.krum_byzantine, bool)
+            or not isinstance(self.krum_byzantine, int)
+            or self.krum_byzantine < 0
+        ):
+            raise ConfigError(
+                "federation.krum_byzantine",
+                f"must be an integer >= 0, got {self.krum_byzantine!r}",
+            )
+        UpdateBounds.from_config(self)  # the bounds name their own fields
         one_of("federation", "lora_aggregation", self.lora_aggregation, LORA_AGGREGATIONS)
         if self.lora_aggregation == "product":
             if self.strategy != "fedavg":

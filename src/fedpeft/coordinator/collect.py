@@ -6,16 +6,26 @@ and yields only the sum. Either way the engine gets a :class:`Collected`: the ro
 record so far, and the updates or their sum (or why the round failed); the privacy
 mechanism (:mod:`fedpeft.coordinator.privacy`) turns that into the mean the strategy
 steps from.
+
+What a client reports besides its update is data, never part of the round's record:
+:data:`CLIENT_METRICS` lists the keys a client may send, each with the range its value
+must lie in; anything else (an unknown key, a non-number, NaN, a value out of range) is
+dropped and counted in the line's ``client_metrics_dropped``. None of the listed keys is a
+key the coordinator writes (``round``, ``clients_*``, ``bytes_*``, ``round_failed``,
+``eval_*``, …), so a client cannot set a round's number, counts, bytes, failure or
+evaluation. The example count a client reports is capped (``federation.max_client_examples``):
+beyond the cap the update is rejected, not averaged.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from fedpeft.aggregation import ClientUpdate, weighted_metrics
+from fedpeft.aggregation import ClientUpdate
 from fedpeft.compression import Codec, check_compatible
 from fedpeft.errors import CodecError, UpdateRejected
 from fedpeft.protocol.messages import ClientState, Tensors, TrainResult, TrainTask
@@ -26,6 +36,66 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Shapes = dict[str, tuple[int, ...]]
+
+_SECONDS = (0.0, 1e7)  # about 4 months
+_FRACTION = (0.0, 1.0)
+_NON_NEGATIVE = (0.0, 1e12)
+
+#: What a client may report about its own work (``TrainResult.metrics``), with the closed
+#: range each value must lie in: the keys the fedpeft client sends
+#: (:mod:`fedpeft.client.app`, its update mods and the SecAgg encoding). The round's line
+#: holds their example-weighted mean (secure rounds: the plain mean) under these names.
+CLIENT_METRICS: dict[str, tuple[float, float]] = {
+    "train_loss": _NON_NEGATIVE,
+    "lr": _NON_NEGATIVE,
+    "train_steps": _NON_NEGATIVE,
+    "train_seconds": _SECONDS,
+    "client_seconds": _SECONDS,
+    # wall time outside the training loop (elapsed − train_seconds, two clock readings)
+    "overhead_seconds": (-1.0, _SECONDS[1]),
+    "prefix_hit_rate": _FRACTION,
+    "update_norm": _NON_NEGATIVE,
+    "clip_factor": _FRACTION,
+    "dp_clipped": _FRACTION,
+    "secagg_clipped_fraction": _FRACTION,
+}
+
+
+def client_metrics(result: TrainResult) -> tuple[dict[str, float], int]:
+    """The metrics of ``result`` that are listed in :data:`CLIENT_METRICS`, numeric and in
+    range; and how many the client sent that were dropped."""
+    kept: dict[str, float] = {}
+    sent = result.metrics if isinstance(result.metrics, Mapping) else {}
+    for key, value in sent.items():
+        bounds = CLIENT_METRICS.get(key) if isinstance(key, str) else None
+        if bounds is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        number = float(value)
+        if math.isfinite(number) and bounds[0] <= number <= bounds[1]:
+            kept[key] = number
+    dropped = len(sent) - len(kept)
+    if dropped:
+        log.warning(
+            "round %s: dropped %d of client %s's metrics (unlisted, not a number or out of range)",
+            result.round,
+            dropped,
+            result.client_id,
+        )
+    return kept, dropped
+
+
+def mean_client_metrics(
+    reports: Sequence[tuple[Mapping[str, float], float]],
+) -> dict[str, float]:
+    """The weighted mean of each listed metric over the clients that reported it
+    (``reports``: each client's kept metrics and its weight)."""
+    out: dict[str, float] = {}
+    for key in sorted({k for metrics, _ in reports for k in metrics}):
+        pairs = [(m[key], w) for m, w in reports if key in m]
+        total = sum(w for _, w in pairs)
+        if total > 0:
+            out[key] = sum(v * w for v, w in pairs) / total
+    return out
 
 
 @dataclass(frozen=True)
@@ -57,6 +127,8 @@ class RoundContext:
     needs_sq_norm: bool  # the strategy steps by the clients' spread (FedExP)
     plan_encoding: PlanEncoding  # the privacy mechanism's say in a secure encoding
     on_result: Callable[[TrainResult], None] | None = None
+    #: most examples one client may report (federation.max_client_examples, resolved)
+    max_examples: int = 2**31 - 1
 
 
 @dataclass
@@ -102,18 +174,36 @@ def payload_of(result: TrainResult, codec: Codec) -> Tensors:
         raise UpdateRejected(result.client_id, str(exc)) from exc
 
 
-def decode_update(result: TrainResult, codec: Codec, shapes: Shapes) -> ClientUpdate:
-    """Decode and validate one update; raises UpdateRejected naming the client."""
+def check_examples(client_id: int, num_examples: object, max_examples: int) -> int:
+    """A client's reported example count, or UpdateRejected naming it: an integer in
+    [1, ``max_examples``] (the cap: ``federation.max_client_examples``). The gRPC edge
+    calls this on a result's header before storing it."""
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int):
+        raise UpdateRejected(client_id, f"num_examples must be an integer, got {num_examples!r}")
+    if num_examples <= 0:
+        raise UpdateRejected(client_id, "reports no training examples")
+    if num_examples > max_examples:
+        raise UpdateRejected(
+            client_id,
+            f"reports {num_examples} training examples, more than the cap of {max_examples} "
+            "(federation.max_client_examples)",
+        )
+    return num_examples
+
+
+def decode_update(
+    result: TrainResult, codec: Codec, shapes: Shapes, max_examples: int = 2**31 - 1
+) -> ClientUpdate:
+    """Decode and validate one update (its example count against ``max_examples``);
+    raises UpdateRejected naming the client. Its metrics are filtered by
+    :func:`client_metrics`."""
+    if result.error is not None:  # the client's own failure report comes first
+        raise UpdateRejected(result.client_id, result.error)
+    num_examples = check_examples(result.client_id, result.num_examples, max_examples)
     delta = payload_of(result, codec)
     check_compatible(delta, shapes, result.client_id)  # names, shapes, NaN/Inf
-    if result.num_examples <= 0:
-        raise UpdateRejected(result.client_id, "reports no training examples")
-    return ClientUpdate(
-        result.client_id,
-        result.num_examples,
-        delta,
-        {k: float(v) for k, v in result.metrics.items()},
-    )
+    metrics, _ = client_metrics(result)
+    return ClientUpdate(result.client_id, num_examples, delta, metrics)
 
 
 class PlainCollection:
@@ -129,23 +219,29 @@ class PlainCollection:
         updates: list[ClientUpdate] = []
         rejected: dict[int, str] = {}
         states: dict[int, ClientState] = {}
+        dropped = 0
         for result in sorted(results, key=lambda r: r.client_id):
             try:
-                updates.append(decode_update(result, ctx.uplink, ctx.shapes))
+                update = decode_update(result, ctx.uplink, ctx.shapes, ctx.max_examples)
             except UpdateRejected as exc:
                 log.warning("round %d: %s", ctx.round_num, exc)
                 rejected[result.client_id] = exc.reason
                 continue
+            updates.append(update)
+            dropped += len(result.metrics) - len(update.metrics)
             if result.state is not None:
                 states[result.client_id] = result.state
         record = round_record(ctx.round_num, len(tasks), len(updates), rejected)
         record.update(bytes_up=bytes_up, bytes_down=bytes_down)
-        out = Collected(record, len(updates), updates=updates, states=states)
+        if dropped:
+            record["client_metrics_dropped"] = dropped
         if len(updates) < ctx.min_fit_clients:
-            out.failed = (
+            failed = (
                 f"{len(updates)} usable updates < min_fit_clients={ctx.min_fit_clients}; "
                 "global adapter unchanged"
             )
-            return out
-        record.update(weighted_metrics(updates))
-        return out
+            return Collected(record, len(updates), updates=updates, states=states, failed=failed)
+        # clients' means first: nothing they report can overwrite the coordinator's keys
+        means = mean_client_metrics([(u.metrics, float(u.num_examples)) for u in updates])
+        record = {**means, **record}
+        return Collected(record, len(updates), updates=updates, states=states)

@@ -20,9 +20,13 @@ Central mode: clients clip their update to L2 ≤ C (a client mod; the coordinat
 again, so the bound holds whatever a client does), the coordinator adds N(0, (z·C)²) to
 the sum and divides by the cohort size k. Distributed mode (with secure aggregation):
 each client adds discrete Gaussian noise in the integer domain, sized so that the noise
-of any ``min_survivors`` clients sums to z·(sensitivity); fewer clients can never reach
-the sum (SecAgg aborts below its threshold), so the guarantee holds for every completed
-round, and rounds with more survivors carry more noise than accounted (conservative).
+of any ``n_min`` clients (:func:`fedpeft.privacy.secagg.survivor_floor`) sums to
+z·(sensitivity). ``n_min`` travels in the SecAgg parameters and every client refuses to
+unmask for fewer declared survivors, so every completed round carries at least the
+accounted noise; rounds with more survivors carry more (conservative). The round's event
+is recorded when its noise is planned, before any client is contacted
+(:meth:`DpController.commit_round`), and the budget is checked there too — every round,
+the first and the first after a resume included.
 """
 
 from __future__ import annotations
@@ -75,7 +79,11 @@ class DpController:
     levels: int = 0
     calibrate_for_rounds: int | None = None  # distributed + target ε: σ for these rounds
     adaptive: Any = None  # fedpeft.privacy.clipping.AdaptiveClip, central DP only
+    cohort_sampling: str = "seeded"  # "os_entropy" once the mechanism chose the sampler
+    amplified: bool = False  # whether the events claim amplification by sampling
     _ledger: Any = field(default=None, repr=False)
+    _round: int | None = field(default=None, repr=False)  # the round being run
+    _committed: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)
     _plan: DistributedPlan | None = field(default=None, repr=False)
     _plan_key: tuple[int, int, int] | None = field(default=None, repr=False)
     _epsilon: float = 0.0
@@ -127,8 +135,11 @@ class DpController:
         return self.noise_multiplier / self.sensitivity_factor
 
     def min_survivors(self, cohort: int) -> int:
-        """Fewest clients whose noise can reach a completed secure sum."""
-        return max(1, math.ceil((1.0 - self.tolerated_dropout) * cohort))
+        """Fewest clients whose noise can reach a completed secure sum (the floor the
+        SecAgg parameters carry and the clients enforce)."""
+        from fedpeft.privacy.secagg import survivor_floor
+
+        return survivor_floor(cohort, self.tolerated_dropout)
 
     def plan_distributed(self, *, bits: int, cohort: int, dim: int) -> DistributedPlan:
         """Integer range L and per-client discrete Gaussian σ for a secure round.
@@ -138,24 +149,48 @@ class DpController:
         target ε, σ is calibrated for the run's rounds (KLS 2021 via dp-accounting's zCDP,
         :func:`fedpeft.privacy.accountant.calibrate_local_sigma`); with a fixed z,
         σ = z·(L + √dim)/√n_min. L leaves room in the field for the cohort's values and
-        8 standard deviations of the noise of all ``cohort`` clients; the two depend on
-        each other, so the plan is iterated to a fixed point (three passes suffice)."""
-        from fedpeft.coordinator.secure import plan_levels
-        from fedpeft.privacy.accountant import calibrate_local_sigma
+        the real noise on their sum, √cohort·σ (:func:`fedpeft.coordinator.secure.plan_levels`);
+        σ and L depend on each other, so the plan is iterated, and only a plan whose noise
+        fits (:func:`~fedpeft.coordinator.secure.noise_fits`) is taken."""
+        from fedpeft.coordinator.secure import noise_fits, plan_levels
         from fedpeft.privacy.discrete_gaussian import integer_l2_bound
 
         key = (bits, cohort, dim)
         if self._plan is not None and self._plan_key == key:
             return self._plan
         n_min = self.min_survivors(cohort)
-        z = self.noise_multiplier
-        plan = None
-        for _ in range(3):
-            headroom_z = z * math.sqrt(cohort / n_min) * 1.05
-            levels = plan_levels(bits, cohort, headroom_z)
+        z = self.noise_multiplier  # noise std on the n_min clients' sum / one client's bound
+        best: DistributedPlan | None = None
+        for _ in range(12):
+            levels = plan_levels(bits, cohort, z * (1 + 1e-9), noisy_clients=n_min, dim=dim)
             l2 = integer_l2_bound(self.clip, levels / self.clip, dim)
-            if self.calibrate_for_rounds is not None and self.target_epsilon is not None:
-                sigma = calibrate_local_sigma(
+            sigma = self._local_sigma(n_min, l2, dim, z)
+            z_new = math.sqrt(n_min) * sigma / l2
+            if noise_fits(bits, cohort, levels, sigma):
+                if best is None or levels > best.levels:
+                    best = DistributedPlan(levels, sigma, n_min, l2, dim)
+                if math.isclose(z_new, z, rel_tol=1e-3):
+                    break
+                z = z_new
+            else:
+                z = max(z_new, z * 1.02)
+        if best is None:
+            raise ConfigError(
+                "secagg.bits",
+                f"{bits} bits cannot hold a cohort of {cohort} with its DP noise "
+                f"(sigma {sigma:.3g} per client); raise secagg.bits",
+            )
+        self.noise_multiplier = math.sqrt(best.noisy_clients) * best.sigma / best.l2_bound
+        self._plan, self._plan_key = best, key
+        return best
+
+    def _local_sigma(self, n_min: int, l2: float, dim: int, z: float) -> float:
+        """Each client's σ for an integer bound ``l2``: calibrated to the target, or z's."""
+        from fedpeft.privacy.accountant import calibrate_local_sigma
+
+        if self.calibrate_for_rounds is not None and self.target_epsilon is not None:
+            return float(
+                calibrate_local_sigma(
                     self.target_epsilon,
                     self.delta,
                     self.calibrate_for_rounds,
@@ -166,17 +201,8 @@ class DpController:
                     l2_bound=l2,
                     dimension=dim,
                 )
-            else:
-                sigma = max(0.5, z * l2 / math.sqrt(n_min))
-            z_new = math.sqrt(n_min) * sigma / l2
-            plan = DistributedPlan(levels, sigma, n_min, l2, dim)
-            if math.isclose(z_new, z, rel_tol=1e-3):
-                break
-            z = z_new
-        assert plan is not None
-        self.noise_multiplier = math.sqrt(plan.noisy_clients) * plan.sigma / plan.l2_bound
-        self._plan, self._plan_key = plan, key
-        return plan
+            )
+        return max(0.5, z * l2 / math.sqrt(n_min))
 
     def event(self, cohort: int) -> Any:
         from fedpeft.privacy.accountant import RoundPrivacy
@@ -190,18 +216,27 @@ class DpController:
             )
         return distributed_round_privacy(self, cohort)
 
+    def begin_round(self, round_num: int) -> None:
+        """The round about to run (its event is recorded as this round)."""
+        self._round = round_num
+
+    def _budget_reason(self, round_num: int, event: Any) -> str | None:
+        """Why ``event`` must not be spent as round ``round_num`` (the target ε), or None."""
+        if self.target_epsilon is None:
+            return None
+        projected = self._compute_epsilon([*self.ledger.rounds(), event])
+        if projected <= self.target_epsilon * (1 + 1e-9):
+            return None
+        return (
+            f"privacy budget epsilon={self.target_epsilon:g} (delta={self.delta:g}) is spent: "
+            f"{self.releases} rounds recorded reach epsilon={self.epsilon_spent:.3f} and "
+            f"round {round_num} would reach {projected:.3f} — stopping before round {round_num}"
+        )
+
     def stop_reason(self, round_num: int) -> str | None:
-        """Why round ``round_num`` must not run (the budget), or None."""
-        budgeted = self.target_epsilon is not None and self.calibrate_for_rounds is None
-        if self.distributed and budgeted and self._plan is not None:
-            projected = self._compute_epsilon([*self.ledger.rounds(), self.event(0)])
-            if projected > (self.target_epsilon or 0.0):
-                return (
-                    f"privacy budget epsilon={self.target_epsilon:g} (delta={self.delta:g}) "
-                    f"is spent: {self.releases} rounds reached epsilon="
-                    f"{self.epsilon_spent:.3f} and round {round_num} would reach "
-                    f"{projected:.3f} — stopping"
-                )
+        """Why round ``round_num`` must not run (the budget), or None. A distributed
+        round's event is known only once its noise is planned: :meth:`commit_round`
+        checks it then, before any client is contacted."""
         if self.max_rounds is not None and self.releases >= self.max_rounds:
             return (
                 f"privacy budget epsilon={self.target_epsilon:g} (delta={self.delta:g}) is spent: "
@@ -209,18 +244,25 @@ class DpController:
                 f"epsilon={self.epsilon_spent:.3f}; another round would exceed it — stopping "
                 f"before round {round_num}"
             )
-        return None
+        if self.distributed and self._plan is None:
+            return None
+        return self._budget_reason(round_num, self.event(self.sample_size))
 
-    def record_round(self, round_num: int, *, released: bool) -> dict[str, Any]:
-        """Record the round's privacy event durably (before anything is released) and
-        return the metrics line's privacy fields. A failed round released nothing new, but
-        its clients' noised inputs may have been partly seen: it is recorded all the same
-        (over-counting is safe, under-counting is not)."""
-        del released
-        cohort = self.sample_size
-        event = self.event(cohort)
-        rounds = [*self.ledger.rounds(), event]
-        eps = self._compute_epsilon(rounds)
+    def commit_round(self) -> dict[str, Any]:
+        """Record the round begun last (:meth:`begin_round`) durably, after checking the
+        budget (:class:`~fedpeft.coordinator.privacy.BudgetSpent`); distributed DP calls
+        this when the round's noise is planned, before any client input exists, so no
+        sum can be unmasked unrecorded. Returns the metrics line's privacy fields."""
+        from fedpeft.coordinator.privacy import BudgetSpent
+
+        round_num = self._round if self._round is not None else self.releases + 1
+        if round_num in self._committed:
+            return self._committed[round_num]
+        event = self.event(self.sample_size)
+        reason = self._budget_reason(round_num, event)
+        if reason is not None:
+            raise BudgetSpent(reason)
+        eps = self._compute_epsilon([*self.ledger.rounds(), event])
         extra: dict[str, Any] = {"round": round_num}
         if self.adaptive is not None:
             extra["clip_after"] = self.adaptive.clip
@@ -230,13 +272,28 @@ class DpController:
         used_clip = self.clip
         if self.adaptive is not None:
             self.clip = self.adaptive.clip  # the next round's
-        return {
+        fields = {
             "epsilon": eps,
             "dp_delta": self.delta,
             "dp_noise_multiplier": self.reported_multiplier,
             "dp_noise_std": self.update_noise_multiplier * used_clip,
             "dp_clip": used_clip,
+            "dp_cohort_sampling": self.cohort_sampling,
+            "dp_amplification": self.amplified,
         }
+        self._committed = {round_num: fields}
+        return fields
+
+    def record_round(self, round_num: int, *, released: bool) -> dict[str, Any]:
+        """The round's privacy fields, its event recorded durably (before anything is
+        released) unless :meth:`commit_round` already did. A failed round released
+        nothing new, but its clients' noised inputs may have been partly seen: it is
+        recorded all the same (over-counting is safe, under-counting is not)."""
+        del released
+        if round_num in self._committed:
+            return self._committed.pop(round_num)
+        self._round = round_num
+        return self._committed.pop(round_num, None) or self.commit_round()
 
     # ---- central noise ------------------------------------------------------------------
     def noisy_mean(self, deltas: list[Tensors], round_num: int) -> tuple[Tensors, dict[str, Any]]:
@@ -255,7 +312,9 @@ class DpController:
             acc += rng.normal(0.0, self.update_noise_multiplier * self.clip, size=acc.shape)
             mean[name] = (acc / k).astype(np.float32)
         was_clipped = sum(was for _, was in clipped)
-        info: dict[str, Any] = {"dp_clipped_fraction": was_clipped / len(clipped)}
+        # the exact clipped fraction is not released (it is neither noised nor accounted);
+        # adaptive clipping releases its noised, accounted copy
+        info: dict[str, Any] = {}
         if self.adaptive is not None:  # the noised count moves next round's clip
             self.adaptive.update(float(was_clipped), len(clipped), rng, denominator=k)
             info["dp_unclipped_fraction_noised"] = self.adaptive.last_unclipped_fraction

@@ -7,7 +7,8 @@ clients, turns what was collected into the strategy's step and records what it s
 Crash safety: each round's state (global adapter, server-optimizer moments, per-client
 state, counters) is checkpointed atomically *before* the round's metrics line is
 appended; a resumed run truncates metrics to the checkpoint and continues from the next
-round, sampling the same cohorts with the same seeds.
+round (with seeded cohorts, the same ones; under central DP cohorts are fresh OS-entropy
+draws, :func:`fedpeft.coordinator.sampling.from_entropy`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedpeft.aggregation import Strategy
+from fedpeft.aggregation import Strategy, UpdateBounds
 from fedpeft.compression import Codec
 from fedpeft.config import CALIBRATIONS
 from fedpeft.coordinator.calibrate import Calibrator
@@ -33,7 +34,7 @@ from fedpeft.coordinator.checkpoint import (
 )
 from fedpeft.coordinator.collect import Collection, PlainCollection, RoundContext
 from fedpeft.coordinator.downlink import make_downlink
-from fedpeft.coordinator.privacy import NoPrivacy, PrivacyMechanism
+from fedpeft.coordinator.privacy import BudgetSpent, NoPrivacy, PrivacyMechanism
 from fedpeft.coordinator.sampling import ClientSampler, client_seed
 from fedpeft.protocol.messages import ClientState, TaskSettings, Tensors, TrainResult, TrainTask
 from fedpeft.rundir import RunDir
@@ -50,6 +51,14 @@ __all__ = [
     "checkpoint_exists",
     "client_seed",
 ]
+
+
+def nonfinite_tensor(tensors: Tensors) -> str | None:
+    """The name of the first tensor holding NaN or ±Inf (None: all finite)."""
+    for name, value in tensors.items():
+        if not np.all(np.isfinite(value)):
+            return name
+    return None
 
 
 class Backend(Protocol):
@@ -105,6 +114,7 @@ class RoundEngine:
         collection: Collection | None = None,
         privacy: PrivacyMechanism | None = None,
         chain_downlink: bool = False,
+        max_client_examples: int = 0,
     ) -> None:
         self.backend = backend
         self.strategy = strategy
@@ -137,6 +147,10 @@ class RoundEngine:
         self.shapes: dict[str, tuple[int, ...]] = {}
         # what each client receives of the global adapter (fedpeft.coordinator.downlink)
         self.downlink = make_downlink(downlink, chain_downlink)
+        # the most examples one client may report: given (the job resolves
+        # federation.max_client_examples against its shards), else the strategy's bounds
+        bounds = strategy.bounds or UpdateBounds()
+        self.max_client_examples = max_client_examples or bounds.examples_cap()
 
     # ---- set-up and resume -------------------------------------------------------------
     def start_fresh(self) -> dict[str, float]:
@@ -175,6 +189,7 @@ class RoundEngine:
     def run_round(self, round_num: int) -> dict[str, Any]:
         start = time.perf_counter()
         cohort = self.sampler.sample(round_num)
+        self.privacy.begin_round(round_num)
         if self.hooks.on_round_start:
             self.hooks.on_round_start(round_num, len(cohort))
         tasks = [self.make_task(round_num, cid) for cid in cohort]
@@ -210,7 +225,8 @@ class RoundEngine:
     ) -> tuple[dict[str, Any], Tensors | None]:
         """The round's updates as the collection lets the coordinator see them, turned
         into the new global adapter by the privacy mechanism and the strategy (None: the
-        round failed and the adapter stays)."""
+        round failed and the adapter stays). An aggregate that is not finite fails the
+        round and leaves the adapter and the strategy's state as they were."""
         ctx = RoundContext(
             round_num=round_num,
             backend=self.backend,
@@ -220,6 +236,7 @@ class RoundEngine:
             needs_sq_norm=self.strategy.needs_sq_norm,
             plan_encoding=self.privacy.secure_plan,
             on_result=self.hooks.on_client_done,
+            max_examples=self.max_client_examples,
         )
         collected = self.collection.collect(ctx, tasks)
         self.state.clients.update(collected.states)
@@ -227,10 +244,18 @@ class RoundEngine:
         if collected.failed is not None:
             record["round_failed"] = collected.failed
             return record, None
+        before = self.strategy.state_dict()  # the arrays are replaced, never written into
         new_params, info = self.privacy.aggregate(
             round_num, self.strategy, self.state.params, collected
         )
         record.update(info)
+        bad = nonfinite_tensor(new_params)
+        if bad is not None:
+            self.strategy.load_state_dict(before)
+            record["round_failed"] = (
+                f"the aggregate is not finite in `{bad}`; global adapter unchanged"
+            )
+            return record, None
         return record, new_params
 
     def _evaluate(self, round_num: int) -> dict[str, Any]:
@@ -286,15 +311,24 @@ class RoundEngine:
 
     def run(self) -> list[dict[str, Any]]:
         """Run the remaining rounds; stop before a round the privacy budget cannot afford
-        (``stopped`` says why)."""
+        (``stopped`` says why). The budget is asked before every round, and a mechanism
+        that knows a round's cost only once its noise is planned refuses it there
+        (:class:`BudgetSpent`, before any client input exists)."""
+        # how cohorts are drawn is the privacy mechanism's call (OS entropy when its
+        # accounting claims amplification by sampling)
+        self.sampler = self.privacy.cohort_sampler(self.sampler)
         records = []
         for round_num in range(self.state.round + 1, self.rounds + 1):
             reason = self.privacy.stop_reason(round_num)
-            if reason is not None:
-                self.stopped = reason
-                log.warning("%s", reason)
-                break
-            records.append(self.run_round(round_num))
+            if reason is None:
+                try:
+                    records.append(self.run_round(round_num))
+                    continue
+                except BudgetSpent as exc:
+                    reason = str(exc)
+            self.stopped = reason
+            log.warning("%s", reason)
+            break
         return records
 
     # ---- checkpoints -------------------------------------------------------------------

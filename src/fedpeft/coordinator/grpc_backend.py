@@ -11,10 +11,14 @@ compressed (delta) downlink needs.
 Evaluation and the initial adapter run here, on the coordinator's own client app (it holds
 the backbone and the evaluation data).
 
-Rounds have a deadline (``round_timeout``): a client that disconnects (no heartbeat for
-``liveness_seconds``) or misses the deadline is dropped and logged, its late result
-rejected; the engine's ``min_fit_clients`` decides whether the round still counts.
-A result accepted before a coordinator crash is reused when the round runs again.
+Rounds close on time: once ``min_fit_clients`` results are in, the others get a grace
+period (``round_grace_factor`` times the median client time, at least
+``round_grace_min_seconds``) and are then dropped as stragglers; ``round_timeout`` bounds
+a round that never reaches its quorum. A client that disconnects (no heartbeat for
+``liveness_seconds``) is dropped at once; a result that arrives after its round closed is
+refused as late and counted. The engine's ``min_fit_clients`` decides whether the round
+still counts. A result accepted before a coordinator crash is reused when the round runs
+again. SecAgg stages wait for every client (the protocol has its own threshold).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,11 +76,14 @@ class GrpcBackend:
         downlink: Codec,
         *,
         round_timeout: float = 14400.0,
+        min_fit_clients: int | None = None,
     ) -> None:
         self.fleet = fleet
         self.app = app
         self.downlink = downlink
         self.round_timeout = round_timeout
+        # None: the job's own federation.min_fit_clients, as sent to the daemons
+        self.min_fit_clients = min_fit_clients or _job_min_fit(fleet.job_config)
         self._initial: Tensors | None = None
 
     def initial_state(self) -> Tensors:
@@ -115,6 +123,9 @@ class GrpcBackend:
             if fleet.store.has_result(task.round, task.kind, task.client_id):
                 fleet.store.forget_result(task.round, task.kind, task.client_id)
             posted[task.client_id] = fleet.post(task, deadline, now)
+        # SecAgg stages wait for everyone: the protocol decides what a dropout costs
+        quorum = min(self.min_fit_clients, len(tasks)) if all(map(_reusable, tasks)) else None
+        close_at: float | None = None
         with fleet.changed:
             while True:
                 now = time.monotonic()
@@ -133,12 +144,29 @@ class GrpcBackend:
                         results[cid] = self._drop(pending, f"disconnected ({silent:.0f}s silent)")
                 if len(results) == len(tasks) or now >= deadline:
                     break
-                fleet.changed.wait(min(1.0, deadline - now))
+                ok = sum(1 for r in results.values() if r.ok)
+                if close_at is None and quorum is not None and ok >= quorum:
+                    grace = self._grace(posted.values())
+                    close_at = min(deadline, now + grace)
+                    log.info(
+                        "round %d: %d of %d results in (min_fit_clients %d): closing in %.0fs",
+                        tasks[0].round,
+                        ok,
+                        len(tasks),
+                        self.min_fit_clients,
+                        grace,
+                    )
+                if close_at is not None and now >= close_at:
+                    break
+                fleet.changed.wait(min(1.0, (close_at or deadline) - now))
+        why = (
+            f"no result by the round deadline ({self.round_timeout:.0f}s)"
+            if close_at is None or close_at >= deadline
+            else "no result within the grace period after min_fit_clients results"
+        )
         for cid, pending in posted.items():
             if cid not in results:
-                results[cid] = self._drop(
-                    pending, f"no result by the round deadline ({self.round_timeout:.0f}s)"
-                )
+                results[cid] = self._drop(pending, why)
         for pending in posted.values():  # answered or not, nothing more is taken
             fleet.withdraw(pending.wire.task_id)
         fleet.collect_artifacts()
@@ -148,9 +176,17 @@ class GrpcBackend:
                 on_result(result)
         return ordered
 
+    def _grace(self, posted: Iterable[PendingTask]) -> float:
+        """How long the round still waits once its quorum is in: a multiple of the median
+        time the answered clients took (post to result), at least the configured floor."""
+        settings = self.fleet.settings
+        took = [p.answered_at - p.posted_at for p in posted if p.answered_at is not None]
+        median = float(np.median(took)) if took else 0.0
+        return max(settings.round_grace_min_seconds, settings.round_grace_factor * median)
+
     def _drop(self, pending: PendingTask, why: str) -> TrainResult:
         task = pending.task
-        self.fleet.withdraw(pending.wire.task_id)
+        self.fleet.withdraw(pending.wire.task_id, f"round {task.round} closed without it: {why}")
         self.fleet.metrics.results.labels("dropped").inc()
         log.warning("round %d: client %d dropped: %s", task.round, task.client_id, why)
         return TrainResult(task.round, task.client_id, error=f"straggler: {why}")
@@ -188,3 +224,9 @@ def _reusable(task: TrainTask) -> bool:
     aggregation exchange: a restarted coordinator runs a fresh SecAgg+ instance, so every
     stage (and the masked update) is asked for again."""
     return not task.secagg and not task.kind.startswith("secagg_")
+
+
+def _job_min_fit(job_config: dict[str, Any]) -> int:
+    """``federation.min_fit_clients`` of the job the fleet serves (1 when not given)."""
+    value = job_config.get("job", {}).get("federation", {}).get("min_fit_clients", 1)
+    return value if isinstance(value, int) and value > 0 else 1

@@ -10,6 +10,13 @@ waits for their results; both sides meet under one lock.
 Rules enforced here: a client speaks only as itself (credential per client), pushes only
 into a task it was given (the task id is a nonce), for that task's round and kind, once,
 before the deadline; payloads have a size limit and must match their SHA-256.
+
+Enrolment: a secret unless the operator opened it explicitly (``open_enrollment``); at
+most ``max_clients`` *live* clients (seen within ``liveness_seconds`` and not expired); a
+registration that has not asked for work within ``ready_within_seconds`` expires and its
+slot is free again. An unknown client id and a wrong credential get the very same answer.
+A result for a task this process has not posted yet, for the round it is about to run
+(a coordinator restart), is held and taken if the very same task is posted.
 """
 
 from __future__ import annotations
@@ -21,14 +28,16 @@ import logging
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedpeft.aggregation.bounds import DEPLOYMENT_MAX_EXAMPLES
 from fedpeft.coordinator.metrics import FleetMetrics
 from fedpeft.coordinator.store import Artifact, Store, StoredResult, hash_token
-from fedpeft.errors import ProtocolError
+from fedpeft.errors import ConfigError, ProtocolError
 from fedpeft.protocol import wire
 from fedpeft.protocol.messages import TASK_KINDS, TrainResult, TrainTask
 from fedpeft.protocol.version import CHUNK_BYTES, PROTOCOL_VERSION
@@ -76,26 +85,68 @@ class DataLoss(FleetError):
 
 
 # ---- settings and state ---------------------------------------------------------------
+#: the one answer to a call whose client id is unknown, expired or whose credential is
+#: wrong: a caller learns nothing about which ids exist
+UNKNOWN_CLIENT = "unknown client or wrong credential; register again"
+_NO_SUCH_TOKEN = hash_token("no client has this credential")  # compared for unknown ids too
+KEEP_CLOSED_TASKS = 10_000  # closed task ids remembered to tell a late push why
+
+
 @dataclass(frozen=True)
 class FleetSettings:
-    enrollment_token: str | None = None  # None: open enrollment
+    enrollment_token: str | None = None  # the enrolment secret daemons must present
+    open_enrollment: bool = False  # True (and no token): anyone reaching the port registers
     heartbeat_seconds: float = 5.0
     liveness_seconds: float = 20.0  # unseen this long: not connected (a task is dropped)
+    # registered (or, after a restart, first seen) this long without asking for work: the
+    # registration expires and its slot is free again
+    ready_within_seconds: float = 300.0
     max_pull_wait: float = 30.0
-    max_clients: int = 1000
+    max_clients: int = 1000  # live clients (a cap on who may register now)
     max_update_bytes: int = 256 << 20
+    # the most training examples one result may claim (federation.max_client_examples):
+    # beyond it the push is refused at the edge, before anything is stored
+    max_client_examples: int = DEPLOYMENT_MAX_EXAMPLES
     registrations_per_minute: float = 600.0
     registration_burst: int = 100
     inline_downlink_bytes: int = 1 << 20  # larger downlinks travel as artifacts
+    # once min_fit_clients results are in, a round waits this many times the median
+    # client time (post to result) for the others, but at least round_grace_min_seconds
+    round_grace_factor: float = 2.0
+    round_grace_min_seconds: float = 15.0
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat_seconds", "liveness_seconds", "max_pull_wait"):
+        for name in (
+            "heartbeat_seconds",
+            "liveness_seconds",
+            "max_pull_wait",
+            "ready_within_seconds",
+            "round_grace_factor",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}")
+        if not self.round_grace_min_seconds >= 0:
+            raise ValueError(
+                f"`round_grace_min_seconds` must be >= 0, got {self.round_grace_min_seconds}"
+            )
         if self.liveness_seconds <= self.heartbeat_seconds:
             raise ValueError(
                 f"`liveness_seconds` ({self.liveness_seconds}) must exceed "
                 f"`heartbeat_seconds` ({self.heartbeat_seconds})"
+            )
+        if self.enrollment_token is not None and self.open_enrollment:
+            raise ConfigError(
+                "--open-enrollment", "give either an enrollment token or open enrollment"
+            )
+
+    def check_enrollment(self) -> None:
+        """A coordinator needs an enrolment secret unless open enrolment was asked for."""
+        if not self.enrollment_token and not self.open_enrollment:
+            raise ConfigError(
+                "--enrollment-token",
+                "clients need an enrolment secret to register: pass --enrollment-token "
+                "(or FEDPEFT_ENROLLMENT_TOKEN) on the coordinator and the daemons, or "
+                "--open-enrollment to let anyone who reaches the port register",
             )
 
 
@@ -106,6 +157,8 @@ class PendingTask:
     task: TrainTask
     wire: wire.WireTask
     deadline: float  # time.monotonic()
+    posted_at: float = 0.0  # time.monotonic()
+    answered_at: float | None = None  # when its result was accepted
     delivered: int = 0  # how many times a PullTask returned it
     result: TrainResult | None = None
     uploading: bool = False
@@ -140,15 +193,22 @@ class Fleet:
     on_change: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
+        self.settings.check_enrollment()
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.run_over = False
         self.round = 0
         self.last_seen: dict[int, float] = {}  # monotonic; connected within liveness
+        self.first_seen: dict[int, float] = {}  # registered, or first call since the start
+        self.expired: set[int] = set()  # never asked for work in time: registration void
         self.pulled: set[int] = set()  # asked for work since this process started
         self.told_over: set[int] = set()  # heard that the run is over
         self.pending: dict[str, PendingTask] = {}
         self.by_client: dict[int, str] = {}
+        # results for tasks not posted yet (a restart): taken if the same task is posted
+        self.parked: dict[int, StoredResult] = {}
+        # task id -> why it closed unanswered (a later push is late, and counted)
+        self.closed: OrderedDict[str, str] = OrderedDict()
         self._bucket = TokenBucket(
             self.settings.registrations_per_minute / 60.0, self.settings.registration_burst
         )
@@ -159,11 +219,33 @@ class Fleet:
     def seen(self, client_id: int, now: float) -> None:
         with self.lock:
             self.last_seen[client_id] = now
+            if client_id not in self.pulled:
+                self.first_seen.setdefault(client_id, now)
 
     def connected(self, now: float) -> list[int]:
         with self.lock:
+            self.expire(now)
             limit = self.settings.liveness_seconds
             return sorted(c for c, t in self.last_seen.items() if now - t <= limit)
+
+    def expire(self, now: float) -> None:
+        """Void the registrations that never asked for work within
+        ``ready_within_seconds`` (squatters, or daemons whose data or model never loaded):
+        their slots are free and their credentials refused from now on."""
+        limit = self.settings.ready_within_seconds
+        with self.lock:
+            for cid, first in list(self.first_seen.items()):
+                if cid in self.pulled or now - first <= limit:
+                    continue
+                del self.first_seen[cid]
+                self.last_seen.pop(cid, None)
+                self.expired.add(cid)
+                log.warning(
+                    "client %d never asked for work within %.0fs of registering: "
+                    "registration expired, its slot is free",
+                    cid,
+                    limit,
+                )
 
     def ready(self, now: float) -> list[int]:
         """Connected clients that have asked for work (their app is loaded)."""
@@ -217,7 +299,7 @@ class Fleet:
             seed=task.seed,
             secagg=task.secagg,
         )
-        pending = PendingTask(task, wt, deadline)
+        pending = PendingTask(task, wt, deadline, posted_at=now)
         with self.lock:
             old = self.by_client.pop(task.client_id, None)
             if old is not None:
@@ -225,16 +307,66 @@ class Fleet:
             self.pending[task_id] = pending
             self.by_client[task.client_id] = task_id
             self.round = max(self.round, task.round)
+            self._take_parked(pending, now)
         self.metrics.bytes.labels("down").inc(len(task.downlink))
         self.notify()
         return pending
 
-    def withdraw(self, task_id: str) -> None:
-        """The engine stopped waiting: a later result for this task is rejected."""
+    def _take_parked(self, pending: PendingTask, now: float) -> None:
+        """A result pushed before this task was posted counts if it answers this very
+        task (the same id: the same round, kind, client, versions, settings, downlink)."""
+        parked = self.parked.pop(pending.task.client_id, None)
+        if parked is None:
+            return
+        if parked.task_id != pending.wire.task_id:
+            self.metrics.results.labels("late").inc()
+            log.info(
+                "round %d: client %d's held result answers another task; dropped",
+                parked.round,
+                parked.client_id,
+            )
+            return
+        if not self.store.add_result(parked, time.time()):
+            return  # one result per (round, kind, client): the stored one is reused
+        pending.result = result_of(parked)
+        pending.answered_at = now
+        self.metrics.results.labels("accepted").inc()
+        log.info(
+            "round %d: took client %d's result computed before the restart",
+            parked.round,
+            parked.client_id,
+        )
+
+    def parkable(self, client_id: int, header: wire.ResultHeader) -> bool:
+        """May a result for a task not (yet) posted be held? Only for the round this
+        process is about to run (its first, after a restart), only while the client has
+        no task of this process, one per client, within the update size limit."""
+        if header.error or header.kind not in ("train", "feature_stats"):
+            return False
+        with self.lock:
+            if self.run_over or client_id in self.by_client or header.round <= self.round:
+                return False
+            held = sum(len(r.payload) for c, r in self.parked.items() if c != client_id)
+            if held + header.payload_size > self.settings.max_update_bytes:
+                return False
+        done = [r["round"] for r in self.store.rounds() if r["status"] != "running"]
+        return header.round == max(done, default=0) + 1
+
+    def park(self, result: StoredResult) -> None:
+        with self.lock:
+            self.parked[result.client_id] = result
+
+    def withdraw(self, task_id: str, why: str = "") -> None:
+        """The engine stopped waiting: a later result for this task is rejected (as late,
+        saying ``why``, when the task was still unanswered)."""
         with self.lock:
             pending = self.pending.pop(task_id, None)
             if pending is not None and self.by_client.get(pending.task.client_id) == task_id:
                 del self.by_client[pending.task.client_id]
+            if pending is not None and pending.result is None and why:
+                self.closed[task_id] = why
+                while len(self.closed) > KEEP_CLOSED_TASKS:
+                    self.closed.popitem(last=False)
 
     def add_artifact(self, data: bytes, name: str, now: float) -> wire.ArtifactRef:
         digest = hashlib.sha256(data).hexdigest()
@@ -259,8 +391,9 @@ class Fleet:
         """The run is over: every PullTask and Heartbeat now says so."""
         with self.lock:
             self.run_over = True
+            self.parked.clear()
             for task_id in list(self.pending):
-                self.withdraw(task_id)
+                self.withdraw(task_id, "the run is over")
         self.store.set_meta("status", "finished")
         self.notify()
 
@@ -269,6 +402,7 @@ class Fleet:
         """The client's outstanding task, RUN_OVER, or None (nothing yet)."""
         with self.lock:
             self.pulled.add(client_id)
+            self.first_seen.pop(client_id, None)  # ready: its registration cannot expire
             if self.run_over:
                 self.told_over.add(client_id)
                 return wire.PullReply(wire.PullStatus.RUN_OVER)
@@ -311,28 +445,33 @@ def _with_deadline(task: wire.WireTask, seconds: float) -> wire.WireTask:
 
 # ---- handlers -------------------------------------------------------------------------
 def register(fleet: Fleet, req: wire.RegisterRequest, now: float) -> wire.Registration:
+    """A new client (or, with ``req.probe``, only the job and whether there is room)."""
     if req.protocol_version != PROTOCOL_VERSION:
         raise FailedPrecondition(
             f"protocol version {req.protocol_version} is not supported; "
             f"this coordinator speaks {PROTOCOL_VERSION}"
         )
     expected = fleet.settings.enrollment_token
-    if expected is not None and not hmac.compare_digest(
-        req.enrollment_token.encode(), expected.encode()
-    ):
+    if expected and not hmac.compare_digest(req.enrollment_token.encode(), expected.encode()):
         raise Unauthenticated("enrollment token is wrong or missing")
     with fleet.lock:
         if not fleet._bucket.take(now):
             raise ResourceExhausted("too many registrations; retry later")
-        if fleet.store.count_clients() >= fleet.settings.max_clients:
+        live = len(fleet.connected(now))
+        if live >= fleet.settings.max_clients:
             raise ResourceExhausted(
-                f"the federation is full ({fleet.settings.max_clients} clients registered)"
+                f"the federation is full: {live} of {fleet.settings.max_clients} clients live"
             )
-        credential = secrets.token_urlsafe(32)
-        client_id = fleet.store.add_client(hash_token(credential), req.name[:100], time.time())
-        fleet.last_seen[client_id] = now
-    fleet.metrics.clients_registered.set(fleet.store.count_clients())
-    log.info("registered client %d (%s)", client_id, req.name[:100] or "unnamed")
+        if req.probe:
+            client_id, credential = 0, ""
+        else:
+            credential = secrets.token_urlsafe(32)
+            client_id = fleet.store.add_client(hash_token(credential), req.name[:100], time.time())
+            fleet.last_seen[client_id] = now
+            fleet.first_seen[client_id] = now
+    if client_id:
+        fleet.metrics.clients_registered.set(fleet.store.count_clients())
+        log.info("registered client %d (%s)", client_id, req.name[:100] or "unnamed")
     return wire.Registration(
         client_id=client_id,
         credential=credential,
@@ -344,18 +483,23 @@ def register(fleet: Fleet, req: wire.RegisterRequest, now: float) -> wire.Regist
 
 
 def authenticate(fleet: Fleet, client: str | None, token: str | None, now: float) -> int:
-    """The caller's client id, from the metadata; raises unless the credential matches."""
+    """The caller's client id, from the metadata; raises unless the credential matches.
+
+    An unknown id, an expired registration and a wrong credential get one answer
+    (:data:`UNKNOWN_CLIENT`) after the same work, so a caller cannot probe for ids."""
     if not client or not token:
         raise Unauthenticated("missing client id or token (metadata x-fedpeft-client/-token)")
     try:
         client_id = int(client)
     except ValueError as exc:
         raise Unauthenticated(f"client id {client[:40]!r} is not an integer") from exc
-    stored = fleet.store.client_token_hash(client_id)
-    if stored is None:
-        raise NotFound(f"client {client_id} is not registered here; register again")
-    if not hmac.compare_digest(stored, hash_token(token)):
-        raise Unauthenticated(f"wrong credential for client {client_id}")
+    with fleet.lock:
+        fleet.expire(now)
+        expired = client_id in fleet.expired
+    stored = None if expired else fleet.store.client_token_hash(client_id)
+    matches = hmac.compare_digest(stored or _NO_SUCH_TOKEN, hash_token(token))
+    if stored is None or not matches:
+        raise Unauthenticated(UNKNOWN_CLIENT)
     fleet.seen(client_id, now)
     return client_id
 
@@ -389,14 +533,24 @@ class Upload:
         self.hasher = hashlib.sha256()
         with fleet.lock:
             self.pending = self._check()
-            self.pending.uploading = True
+            if self.pending is not None:
+                self.pending.uploading = True
 
-    def _check(self) -> PendingTask:
+    def _check(self) -> PendingTask | None:
+        """The task this result answers; None: held for a task about to be re-issued."""
         h, cid, fleet = self.header, self.client_id, self.fleet
         pending = fleet.pending.get(h.task_id)
         if pending is None:
             if fleet.store.has_result(h.round, h.kind, cid):
                 raise AlreadyExists(f"round {h.round} {h.kind}: client {cid} already answered")
+            closed = fleet.closed.get(h.task_id)
+            if closed is not None:
+                fleet.metrics.results.labels("late").inc()
+                log.warning("late result from client %d refused: %s", cid, closed)
+                raise FailedPrecondition(f"stale result: {closed}")
+            if fleet.parkable(cid, h):
+                self._check_size()
+                return None
             raise FailedPrecondition(
                 f"task {h.task_id[:16]!r} is not outstanding (stale round, past its deadline, "
                 "or never issued)"
@@ -413,12 +567,21 @@ class Upload:
             raise AlreadyExists(f"round {h.round} {h.kind}: client {cid} already answered")
         if time.monotonic() > pending.deadline:
             raise FailedPrecondition(f"round {h.round}: the deadline has passed")
-        limit = fleet.settings.max_update_bytes
+        self._check_size()
+        return pending
+
+    def _check_size(self) -> None:
+        h, limit = self.header, self.fleet.settings.max_update_bytes
         if h.payload_size > limit:
             raise ResourceExhausted(f"payload of {h.payload_size} bytes exceeds {limit}")
+        cap = self.fleet.settings.max_client_examples
+        if not 0 <= h.num_examples <= cap:
+            raise InvalidArgument(
+                f"ResultHeader.num_examples {h.num_examples} is outside [0, {cap}] "
+                "(federation.max_client_examples)"
+            )
         if len(h.payload_sha256) != 64:
             raise InvalidArgument("ResultHeader.payload_sha256 must be 64 hex digits")
-        return pending
 
     def add(self, data: bytes) -> None:
         self.received += len(data)
@@ -431,7 +594,8 @@ class Upload:
 
     def abandon(self) -> None:
         with self.fleet.lock:
-            self.pending.uploading = False
+            if self.pending is not None:
+                self.pending.uploading = False
 
     def finish(self, now: float) -> None:
         h = self.header
@@ -452,13 +616,25 @@ class Upload:
             payload_sha256=h.payload_sha256,
         )
         fleet = self.fleet
+        if self.pending is None:  # the task is not posted (yet): held until it is
+            fleet.park(stored)
+            log.info(
+                "round %d: client %d's result held until its task is posted again",
+                h.round,
+                self.client_id,
+            )
+            fleet.notify()
+            return
         with fleet.lock:
             if fleet.pending.get(h.task_id) is not self.pending:  # withdrawn meanwhile
-                raise FailedPrecondition(f"round {h.round}: the deadline has passed")
+                why = fleet.closed.get(h.task_id, f"round {h.round}'s deadline has passed")
+                fleet.metrics.results.labels("late").inc()
+                raise FailedPrecondition(f"stale result: {why}")
             # a failure report carries nothing to count: only updates are kept (once)
             if not h.error and not fleet.store.add_result(stored, time.time()):
                 raise AlreadyExists(f"round {h.round} {h.kind}: client {self.client_id} answered")
             self.pending.result = result_of(stored)
+            self.pending.answered_at = now
             self.pending.uploading = False
         fleet.metrics.results.labels("accepted").inc()
         fleet.metrics.bytes.labels("up").inc(len(payload))

@@ -27,10 +27,11 @@ from fedpeft.config import JobConfig
 from fedpeft.coordinator.engine import Backend, EngineHooks, RoundEngine, Sampler
 from fedpeft.coordinator.failures import check_run
 from fedpeft.coordinator.schedule import RoundConfig
+from fedpeft.data import check_job_labels
 from fedpeft.errors import ConfigError
 from fedpeft.protocol.codecs import downlink_codec, uplink_codec
 from fedpeft.protocol.messages import TaskSettings, Tensors
-from fedpeft.rundir import RunDir
+from fedpeft.rundir import RunDir, new_run_id, strict_json
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,19 @@ def engine_settings(cfg: JobConfig) -> dict[str, Any]:
 
 
 def check_secagg_plan(cfg: JobConfig) -> None:
-    """Refuse, before any round, a cohort size and tolerated dropout for which SecAgg+ has
-    no threshold and neighbour graph that completes (Flower's SecAgg+ halts silently)."""
-    from fedpeft.privacy.secagg import plan_secagg
+    """Refuse, before any round, a cohort too small to hide one client (fewer than
+    ``MIN_COHORT`` = 3: with two, each learns the other's update from the sum), and a
+    cohort size and tolerated dropout for which SecAgg+ has no threshold and neighbour
+    graph that completes (Flower's SecAgg+ halts silently)."""
+    from fedpeft.privacy.secagg import MIN_COHORT, plan_secagg
 
     k = cfg.federation.clients_per_round
+    if k < MIN_COHORT:
+        raise ConfigError(
+            "federation.clients_per_round",
+            f"secure aggregation needs at least {MIN_COHORT} clients per round, got {k}: "
+            "with two, each client learns the other's update from the released sum",
+        )
     try:
         plan_secagg(
             list(range(k)),
@@ -117,6 +126,12 @@ def privacy_settings(
         distributed = cfg.dp.mode == "distributed" or (cfg.dp.mode == "auto" and sa.enabled)
         mechanism = DistributedDp if distributed else CentralDp
         mechanism.check_collection(sa.enabled)
+        if not distributed and make_strategy(cfg.federation).needs_individual_updates:
+            raise ConfigError(
+                "federation.strategy",
+                f"{cfg.federation.strategy} needs each client's update; central DP gives the "
+                "strategy only the noised mean (use fedavg with DP)",
+            )
         controller = make_dp_controller(
             cfg, run_path, distributed=distributed, population=population
         )
@@ -140,15 +155,35 @@ class Job:
         population: int,
         shard_sizes: Sequence[int] | None = None,
         started: float | None = None,
+        force: bool = False,
     ) -> None:
         self.started = time.perf_counter() if started is None else started
         self.resume = resume
         self.run_dir = RunDir(cfg.output)
+        check_job_labels(meta.get("label_names"), "data.train", cfg.data.train)
+        # a run's folder is its own: resuming continues the run held there (ids agree);
+        # a fresh run (a new id, or the caller's: a deployment's state database) refuses
+        # a folder holding another run unless ``force``, which removes that run's files
+        run_id = meta.get("run_id")
+        if resume:
+            self.run_dir.check_own(run_id)
+            run_id = run_id or self.run_dir.run_id() or new_run_id()
+        else:
+            run_id = run_id or new_run_id()
+            self.run_dir.claim(run_id, force=force)
         self.previous = self.run_dir.summary() if resume else {}
-        self.run_dir.create(cfg, meta)
+        self.run_dir.create(cfg, {**meta, "run_id": run_id})
         if not resume:
             self.run_dir.rewrite_metrics([])
         self.settings = engine_settings(cfg)
+        # the most examples one client may report: federation.max_client_examples, else the
+        # SecAgg weight cap, else (simulation) the largest shard
+        bounds = self.settings["strategy"].bounds
+        if bounds is not None:
+            cap = cfg.secagg.weight_cap if cfg.secagg.enabled else 0
+            self.settings["max_client_examples"] = (
+                bounds.max_examples or cap or (bounds.examples_cap(shard_sizes))
+            )
         self.protection = privacy_settings(
             cfg, self.run_dir.path, population=population, shard_sizes=shard_sizes
         )
@@ -195,7 +230,7 @@ class Job:
         summary.update(extra or {})
         if engine.stopped is not None:
             summary["stopped"] = engine.stopped
-        self.run_dir.write_summary(summary)
+        self.run_dir.write_summary(strict_json(summary))  # never a bare NaN
         return summary
 
     def _start(
@@ -210,7 +245,7 @@ class Job:
             return {k: v for k, v in self.previous.items() if k.startswith("initial_")}
         initial = {f"initial_{k}": v for k, v in engine.start_fresh().items()}
         # kept beside the checkpoint so a resumed run still reports round 0
-        self.run_dir.write_summary(initial)
+        self.run_dir.write_summary(strict_json(initial))
         return initial
 
     def _write_outputs(self, final: Tensors, export: bool) -> list[dict[str, Any]]:
@@ -269,6 +304,10 @@ def summarize(
         "wall_seconds": seconds + float(previous.get("wall_seconds", 0.0)),
     }
     summary.update({f"final_{k}": v for k, v in last_eval.items() if k.startswith("eval_")})
+    # a non-finite evaluation is null in the line and flagged; the summary says so too
+    flagged = [f"final_{k}" for k in last_eval.get("nonfinite", []) if k.startswith("eval_")]
+    if flagged:
+        summary["nonfinite"] = flagged
     # classifier calibration: its own traffic (not a round's), and what it changed
     for key in ("calibration_bytes_up", "calibration_bytes_down"):
         if any(key in r for r in records):
@@ -279,6 +318,9 @@ def summarize(
         summary["epsilon"] = with_eps[-1]["epsilon"]
         summary["dp_delta"] = with_eps[-1]["dp_delta"]
         summary["dp_noise_multiplier"] = with_eps[-1]["dp_noise_multiplier"]
+        for key in ("dp_cohort_sampling", "dp_amplification"):  # what the ε assumed
+            if key in with_eps[-1]:
+                summary[key] = with_eps[-1][key]
     if any("secagg_survivors" in r for r in records):
         summary["secagg_dropped"] = sum(len(r.get("secagg_dropped", [])) for r in records)
     if "uncalibrated_eval_accuracy" in last_eval:

@@ -3,10 +3,17 @@
 The engine calls a :class:`PrivacyMechanism` at fixed points and never branches on which
 one it holds:
 
+* :meth:`~PrivacyMechanism.cohort_sampler` once, before the first round — how cohorts
+  must be drawn for the accounting to hold (OS entropy when it claims amplification by
+  sampling);
 * :meth:`~PrivacyMechanism.stop_reason` before a round (the budget);
+* :meth:`~PrivacyMechanism.begin_round` when the round's cohort is drawn;
 * :meth:`~PrivacyMechanism.configure` — what it adds to each client's task (the clip);
-* :meth:`~PrivacyMechanism.secure_plan` — under secure aggregation, how clients encode
-  (uniform weights, the clip range, distributed noise);
+* :meth:`~PrivacyMechanism.secure_plan` — under secure aggregation, once per round before
+  any client is contacted: how clients encode (uniform weights, the clip range,
+  distributed noise). A mechanism whose noise travels inside the clients' inputs records
+  the round's event here, before the unmask stage can release the sum, and raises
+  :class:`BudgetSpent` instead when the budget cannot afford the round;
 * :meth:`~PrivacyMechanism.aggregate` — how the collected updates (or their secure sum)
   become the strategy's step;
 * :meth:`~PrivacyMechanism.record_round` — the privacy event, durable before the round's
@@ -21,21 +28,37 @@ each mechanism checks that it can work with the collection it is given.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from fedpeft.aggregation import AggregateStats, Strategy
 from fedpeft.coordinator.collect import Collected, EncodingPlan
+from fedpeft.coordinator.sampling import from_entropy
 from fedpeft.errors import ConfigError, FedPeftError
 from fedpeft.protocol.messages import TaskSettings, Tensors
 
 if TYPE_CHECKING:
     from fedpeft.coordinator.dp import DpController
 
+log = logging.getLogger(__name__)
+
+#: the clear statistics of each client's update norm that a client's clip mod reports:
+#: never released under DP (they are neither noised nor accounted)
+NORM_METRICS = ("update_norm", "clip_factor", "dp_clipped")
+
+
+class BudgetSpent(FedPeftError):
+    """The privacy budget cannot afford the round about to start (raised before any
+    client input is released; the engine stops the run with this reason)."""
+
 
 class PrivacyMechanism:
     """No privacy mechanism: the hooks' neutral answers (subclasses override)."""
 
     name = "none"
+    #: whether the accounting claims amplification by sampling (cohorts must then be
+    #: unpredictable: drawn from OS entropy)
+    amplified = False
 
     @classmethod
     def check_collection(cls, secure: bool) -> None:
@@ -43,10 +66,18 @@ class PrivacyMechanism:
         a job is planned, before any backbone loads, and by the engine."""
         del secure
 
+    def cohort_sampler(self, sampler: Any) -> Any:
+        """The sampler the run must use (called once, before the first round)."""
+        return sampler
+
     def stop_reason(self, round_num: int) -> str | None:
         """Why round ``round_num`` must not run (a spent budget), or None."""
         del round_num
         return None
+
+    def begin_round(self, round_num: int) -> None:
+        """Round ``round_num``'s cohort is drawn; its tasks are built next."""
+        del round_num
 
     def configure(self, settings: TaskSettings) -> TaskSettings:
         """A client's task settings with what this mechanism asks of the client."""
@@ -84,8 +115,28 @@ class _Dp(PrivacyMechanism):
     def __init__(self, controller: DpController) -> None:
         self.controller = controller
 
+    def cohort_sampler(self, sampler: Any) -> Any:
+        """OS-entropy cohorts when the accounting claims amplification by sampling; else
+        the seeded sampler, and the run says which (a log line, ``dp_cohort_sampling`` and
+        ``dp_amplification`` on every metrics line)."""
+        if self.amplified:
+            sampler = from_entropy(sampler)
+            self.controller.cohort_sampling = "os_entropy"
+            log.info("DP: cohorts drawn from OS entropy (epsilon claims amplification by sampling)")
+        else:
+            self.controller.cohort_sampling = "seeded" if _seeded(sampler) else "os_entropy"
+            log.info(
+                "DP: cohorts %s; epsilon is accounted without amplification by sampling",
+                "seeded by train.seed" if _seeded(sampler) else "drawn from OS entropy",
+            )
+        self.controller.amplified = self.amplified
+        return sampler
+
     def stop_reason(self, round_num: int) -> str | None:
         return self.controller.stop_reason(round_num)
+
+    def begin_round(self, round_num: int) -> None:
+        self.controller.begin_round(round_num)
 
     def configure(self, settings: TaskSettings) -> TaskSettings:
         return settings.replace(dp_clip=self.controller.clip)
@@ -102,6 +153,7 @@ class CentralDp(_Dp):
     the cohort (uniform weights): it needs the individual updates."""
 
     name = "central"
+    amplified = True  # RoundPrivacy's sampled Gaussian event
 
     @classmethod
     def check_collection(cls, secure: bool) -> None:
@@ -116,6 +168,9 @@ class CentralDp(_Dp):
         if collected.updates is None:
             raise FedPeftError("central DP got a secure sum; it needs individual updates")
         updates = collected.updates
+        # released in the clear they would be neither noised nor accounted
+        for key in NORM_METRICS:
+            collected.record.pop(key, None)
         mean, info = self.controller.noisy_mean([u.delta for u in updates], round_num)
         stats = AggregateStats(len(updates), float(len(updates)))
         return strategy.aggregate_mean(round_num, current, mean, stats), info
@@ -135,7 +190,11 @@ class DistributedDp(_Dp):
             )
 
     def secure_plan(self, *, bits: int, cohort: int, dim: int) -> EncodingPlan:
+        """The noise plan, and the round's event recorded durably before any client is
+        contacted (so before the unmask stage: a crash after the sum is decoded can never
+        leave the round uncounted); :class:`BudgetSpent` if the budget cannot afford it."""
         plan = self.controller.plan_distributed(bits=bits, cohort=cohort, dim=dim)
+        self.controller.commit_round()
         return EncodingPlan(
             uniform_weights=True,
             clip_range=self.controller.clip,
@@ -148,6 +207,10 @@ class DistributedDp(_Dp):
     ) -> tuple[Tensors, dict[str, Any]]:
         new, info = super().aggregate(round_num, strategy, current, collected)
         return new, {**info, "dp_survivors": collected.clients}
+
+
+def _seeded(sampler: Any) -> bool:
+    return bool(getattr(sampler, "seeded", getattr(sampler, "seed", None) is not None))
 
 
 def _secure_total(collected: Collected) -> Any:

@@ -11,7 +11,12 @@ decoded here: :class:`SecureRound` never calls a codec on a client payload.
 
 The encoding of updates into integers (:class:`~fedpeft.privacy.secagg.updates.SecureEncoding`)
 is public and planned here per round: ``levels`` is the largest per-client integer range
-for which the cohort's sum, with DP noise headroom, cannot wrap mod 2^bits.
+for which the cohort's sum, with room for the real DP noise on it, cannot wrap mod 2^bits;
+a noisy sum that wrapped all the same is detected when decoded and fails the round.
+
+Under distributed DP the round's parameters carry ``min_survivors`` (the ``n_min`` each
+client's noise was sized for): the clients refuse to unmask for fewer declared survivors,
+so no completed round carries less noise than the ledger records.
 """
 
 from __future__ import annotations
@@ -28,14 +33,17 @@ import numpy as np
 
 from fedpeft.coordinator.collect import Collected, RoundContext, round_record
 from fedpeft.errors import ConfigError, ProtocolError
-from fedpeft.privacy.secagg.updates import SecureEncoding, SecureSum, decode_secure_sum
+from fedpeft.privacy.secagg.updates import (
+    NOISE_HEADROOM_SIGMAS,
+    SecureEncoding,
+    SecureSum,
+    decode_secure_sum,
+    noise_allowance,
+)
 from fedpeft.protocol.messages import TaskSettings, TrainResult, TrainTask
 
 log = logging.getLogger(__name__)
 
-#: DP noise headroom: the sum's noise stays inside the field with this many standard
-#: deviations to spare (per coordinate; exceeding it wraps that coordinate)
-NOISE_HEADROOM_SIGMAS = 8.0
 STAGES = ("advertise", "share", "train", "unmask")
 
 
@@ -46,20 +54,43 @@ def auto_bits(compressed: bool, cohort: int) -> int:
     return max(8, math.ceil(math.log2(max(2, cohort))) + (16 if not compressed else 10))
 
 
-def plan_levels(bits: int, cohort: int, noise_multiplier: float = 0.0) -> int:
-    """Largest per-client integer range L with |Σ| ≤ cohort·L + headroom·z·L < 2^(bits-1).
+def plan_levels(
+    bits: int,
+    cohort: int,
+    noise_multiplier: float = 0.0,
+    *,
+    noisy_clients: int | None = None,
+    dim: int = 0,
+) -> int:
+    """Largest per-client integer range L for which the cohort's sum, with its noise,
+    stays inside the field: ``cohort·L + 2·NOISE_HEADROOM_SIGMAS·sd < 2^(bits-1)``.
 
-    The noise on the sum has std z·L in integer units (sensitivity L per client)."""
+    ``sd`` is the real noise on the sum: each of the ``cohort`` clients adds discrete
+    Gaussian noise of std ``σ = z·(L + √dim)/√noisy_clients`` (``z``: noise std over one
+    client's integer L2 bound ``L + √dim`` on the sum of ``noisy_clients``), so
+    ``sd = √cohort·σ``. Twice the decoder's allowance (:func:`check_no_wrap`) leaves a
+    wrapped coordinate detectable."""
     half = 2 ** (bits - 1) - 1
-    levels = int(half // (cohort + NOISE_HEADROOM_SIGMAS * noise_multiplier))
+    spread = 0.0
+    if noise_multiplier > 0:
+        spread = 2 * NOISE_HEADROOM_SIGMAS * noise_multiplier
+        spread *= math.sqrt(cohort / max(1, noisy_clients or cohort))
+    levels = int((half - spread * math.sqrt(dim)) // (cohort + spread))
     # the weight (up to weight_cap) and FedExP digits need base >= 2 to carry anything
     if levels < 2:
         raise ConfigError(
             "secagg.bits",
             f"{bits} bits leave {levels} quantisation levels per client for a cohort of "
-            f"{cohort}; raise secagg.bits",
+            f"{cohort}{' with its DP noise' if noise_multiplier > 0 else ''}; raise secagg.bits",
         )
     return levels
+
+
+def noise_fits(bits: int, cohort: int, levels: int, sigma: float) -> bool:
+    """Whether ``cohort`` clients' values (±levels each) and twice the decoder's noise
+    allowance for per-client noise ``sigma`` fit the field."""
+    half = 2 ** (bits - 1) - 1
+    return cohort * levels + 2 * noise_allowance(cohort, sigma) <= half
 
 
 @dataclass
@@ -133,7 +164,7 @@ class SecureRound:
     def check_strategy(self, strategy: Any) -> None:
         if strategy.needs_individual_updates:
             raise ConfigError(
-                "federation.lora_aggregation",
+                strategy.individual_updates_setting,
                 f"{strategy.name} needs each client's update; secure aggregation gives the sum",
             )
 
@@ -185,16 +216,27 @@ class SecureRound:
         """Advertise keys → share keys → train (masked inputs) → unmask, then decode the
         survivors' sum; a round the protocol aborts is an outcome with ``failed`` set."""
         from fedpeft.privacy.secagg import SecAggAborted, SecAggServer, plan_secagg
+        from fedpeft.privacy.secagg import survivor_floor as floor
 
         cohort = [t.client_id for t in train_tasks]
-        params = plan_secagg(
-            cohort,
-            length=enc.length,
-            bits=enc.bits,
-            round_num=round_num,
-            seed=self.seed,
-            dropout_fraction=self.tolerated_dropout,
-        )
+        try:
+            params = plan_secagg(
+                cohort,
+                length=enc.length,
+                bits=enc.bits,
+                round_num=round_num,
+                seed=self.seed,
+                dropout_fraction=self.tolerated_dropout,
+                # distributed DP sized each client's noise for this many survivors (the
+                # same rule as DpController.plan_distributed); clients check it
+                min_survivors=floor(len(cohort), self.tolerated_dropout)
+                if enc.noise_sigma > 0
+                else 0,
+            )
+        except ConfigError as exc:  # e.g. a Poisson cohort below the minimum
+            failed = f"secure aggregation cannot run this cohort: {exc}; global adapter unchanged"
+            log.warning("round %d: %s", round_num, failed)
+            return SecureOutcome(total=None, results=[], failed=failed)
         stages = _Stages(backend, SecAggServer(params), params.to_bytes(), train_tasks, on_result)
         try:
             stages.run("advertise", stages.cheap(cohort, "secagg_advertise"))
@@ -308,10 +350,14 @@ def _traffic(
 
 
 def _client_means(trained: list[TrainResult]) -> dict[str, float]:
-    """Clients' own reports (loss, clip share) as plain means: no weights travel."""
-    keys = sorted({k for r in trained for k in r.metrics})
-    out: dict[str, float] = {}
-    for key in keys:
-        values = [float(r.metrics[key]) for r in trained if key in r.metrics]
-        out[key] = float(np.mean(values))
+    """Clients' own reports (loss, clip share) as plain means (no weights travel): only
+    the listed keys, in range (:func:`fedpeft.coordinator.collect.client_metrics`); what
+    was dropped is counted."""
+    from fedpeft.coordinator.collect import client_metrics, mean_client_metrics
+
+    reports = [client_metrics(r) for r in trained]
+    out = mean_client_metrics([(kept, 1.0) for kept, _ in reports])
+    dropped = sum(n for _, n in reports)
+    if dropped:
+        out["client_metrics_dropped"] = dropped
     return out

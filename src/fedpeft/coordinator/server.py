@@ -6,17 +6,25 @@ run folder, checkpoint, adapter, summary) on the calling thread with a
 :class:`~fedpeft.coordinator.grpc_backend.GrpcBackend`, keeps the run's status in the state
 database, tells the daemons the run is over and returns the summary.
 
-Restarting with the same ``--output`` resumes at the last checkpointed round; the state
-database (``--state``) keeps clients (so daemons reconnect as themselves) and accepted
-results (so nothing is counted twice).
+Restarting with the same ``--output`` and ``--state`` resumes at the last checkpointed
+round; the state database keeps clients (so daemons reconnect as themselves) and accepted
+results (so nothing is counted twice). Which run that is, is checked before anything is
+written (:func:`check_serve_output`): the run folder's run id must be the state database's,
+its config the job's (``federation.rounds`` may grow), its task and labels the evaluation
+data's. A coordinator that cannot start (port in use, a foreign state database, ...)
+leaves no state database behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import json
 import logging
+import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -31,11 +39,13 @@ from fedpeft.coordinator.handlers import Fleet, FleetSettings
 from fedpeft.coordinator.metrics import FleetMetrics
 from fedpeft.coordinator.servicer import FleetServicer, add_fleet_servicer
 from fedpeft.coordinator.store import Store
+from fedpeft.data import check_job_labels
 from fedpeft.errors import ConfigError, FedPeftError
 from fedpeft.models import resolve_model_path
 from fedpeft.protocol.messages import AppFactory
 from fedpeft.protocol.transport import MAX_MESSAGE_BYTES, TlsFiles, check_transport
 from fedpeft.protocol.version import SERVICE
+from fedpeft.rundir import RunDir, RunFolderInUse
 
 if TYPE_CHECKING:
     from fedpeft.coordinator.engine import EngineHooks
@@ -78,7 +88,9 @@ class CoordinatorServer:
         self._health: Any = None
 
     def start(self) -> int:
-        """Start serving; return the bound port."""
+        """Start serving; return the bound port. A port in use is a :class:`ConfigError`
+        naming it."""
+        _check_port_free(self.host, self.port)
         self._thread = threading.Thread(target=self._main, name="fedpeft-grpc", daemon=True)
         self._thread.start()
         self._started.wait()
@@ -109,17 +121,27 @@ class CoordinatorServer:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"{self.host}:{self.port}"
-        if self.tls is None:
-            bound = server.add_insecure_port(address)
-        else:
-            creds = grpc.ssl_server_credentials(
-                [(self.tls.key.read_bytes(), self.tls.cert.read_bytes())],
-                root_certificates=self.tls.ca.read_bytes() if self.tls.ca else None,
-                require_client_auth=self.tls.ca is not None,
-            )
-            bound = server.add_secure_port(address, creds)
+        try:
+            if self.tls is None:
+                bound = server.add_insecure_port(address)
+            else:
+                key, cert = (
+                    _read_tls(self.tls.key, "--tls-key"),
+                    _read_tls(self.tls.cert, "--tls-cert"),
+                )
+                ca = _read_tls(self.tls.ca, "--tls-ca") if self.tls.ca else None
+                creds = grpc.ssl_server_credentials(
+                    [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+                )
+                bound = server.add_secure_port(address, creds)
+        except RuntimeError:  # grpc: "Failed to bind to address ..." (no port named)
+            bound = 0
         if bound == 0:
-            raise FedPeftError(f"cannot listen on {address} (in use, or not an address here)")
+            raise ConfigError(
+                "--port",
+                f"cannot listen on {address}: port {self.port} is in use, or {self.host} is "
+                "not an address of this machine",
+            )
         self.port = bound
         await server.start()
         serving = health_pb2.HealthCheckResponse.SERVING
@@ -145,6 +167,43 @@ class CoordinatorServer:
             self._thread.join(timeout=10)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on before gRPC tries it (gRPC's own failure
+    names no port and logs a line of its own). Binding as gRPC does (SO_REUSEADDR), so a
+    port left in TIME_WAIT passes; a host that is a name is left to gRPC."""
+    if port == 0:
+        return
+    try:
+        family = (
+            socket.AF_INET6
+            if ipaddress.ip_address(host.strip("[]")).version == 6
+            else (socket.AF_INET)
+        )
+    except ValueError:
+        return
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise ConfigError(
+                "--port",
+                f"cannot listen on {host}:{port}: "
+                + (
+                    f"port {port} is in use"
+                    if exc.errno == errno.EADDRINUSE
+                    else f"{exc.strerror or exc}"
+                ),
+            ) from exc
+
+
+def _read_tls(path: Path, option: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(option, f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
 # ---- a whole job ---------------------------------------------------------------------
 @dataclass
 class ServeOptions:
@@ -156,10 +215,12 @@ class ServeOptions:
     tls: TlsFiles | None = None
     insecure_localhost: bool = False
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"  # /metrics stays on loopback unless told otherwise
     round_timeout: float = 14400.0
     wait_clients_timeout: float | None = None  # None: wait for clients as long as it takes
     shutdown_grace: float = 30.0  # how long to keep telling daemons the run is over
     fleet: FleetSettings = field(default_factory=FleetSettings)
+    force: bool = False  # replace another run held in the output folder
 
 
 def client_job(cfg: JobConfig, task: str, label_names: list[str] | None) -> dict[str, Any]:
@@ -196,7 +257,6 @@ def serve_job(
     build it from :func:`coordinator_config`. It is called once the gRPC server is up, so
     that daemons register and load their backbone while the coordinator loads its own."""
     # the model side (torch) is imported only to run a job, not to check its options
-    from fedpeft.coordinator.engine import checkpoint_exists
     from fedpeft.coordinator.failures import RunFailed
     from fedpeft.coordinator.grpc_backend import GrpcBackend, LiveClientSampler
     from fedpeft.coordinator.job import Job
@@ -209,7 +269,14 @@ def serve_job(
     data = load_job_data(coord_cfg)  # task and label names, before the backbone loads
     task, labels = data.task.value, data.label_names
     del data
-    with _serving(cfg, opts, client_job(cfg, task, labels)) as (fleet, store, metrics):
+    check_job_labels(labels, "data.eval", str(cfg.data.eval))
+    store = Store(opts.state)  # a corrupt or foreign file: refused, left as it was
+    try:
+        resume = check_serve_output(cfg, store, task, labels, force=opts.force)
+    except BaseException:
+        store.discard()
+        raise
+    with _serving(cfg, opts, store, client_job(cfg, task, labels)) as (fleet, metrics):
         app = app_factory("coordinator")
         meta = {
             "task": task,
@@ -218,10 +285,20 @@ def serve_job(
             "deployment": "grpc",
             "run_id": store.run_id,
         }
-        resume = checkpoint_exists(cfg.output)
-        job = Job(cfg, meta, resume=resume, population=_dp_population(cfg), started=started)
+        job = Job(
+            cfg,
+            meta,
+            resume=resume,
+            force=opts.force,
+            population=_dp_population(cfg),
+            started=started,
+        )
         backend = GrpcBackend(
-            fleet, app, job.settings["downlink"], round_timeout=opts.round_timeout
+            fleet,
+            app,
+            job.settings["downlink"],
+            round_timeout=opts.round_timeout,
+            min_fit_clients=cfg.federation.min_fit_clients,
         )
         sampler = LiveClientSampler(
             fleet, fed.clients_per_round, cfg.train.seed, opts.wait_clients_timeout
@@ -246,46 +323,135 @@ def serve_job(
 
 def _check_deployable(cfg: JobConfig, opts: ServeOptions) -> None:
     check_transport(opts.host, opts.tls, opts.insecure_localhost, "the coordinator's")
+    opts.fleet.check_enrollment()  # who may register, before any data loads
     if cfg.federation.sampling != "fixed":
         raise ConfigError("federation.sampling", "a deployment samples a fixed number per round")
     if cfg.federation.calibration != "none":
         raise ConfigError("federation.calibration", "not supported by the gRPC coordinator yet")
 
 
+#: What a restarted coordinator may change and still continue its run: how long it runs
+#: and where it computes, not what it computes.
+RESUMABLE_CHANGES = frozenset(
+    {"federation.rounds", "train.threads", "model.device", "model.cache_dir", "output"}
+)
+
+
+def config_changes(held: JobConfig, given: JobConfig) -> list[str]:
+    """The dotted fields in which ``given`` makes another run than ``held``."""
+    a, b = _flat(held.to_dict()), _flat(given.to_dict())
+    return sorted(k for k in (a.keys() | b.keys()) - RESUMABLE_CHANGES if a.get(k) != b.get(k))
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:  # TOML reads sequences back as lists
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def check_serve_output(
+    cfg: JobConfig, store: Store, task: str, labels: list[str] | None, *, force: bool = False
+) -> bool:
+    """Whether ``serve`` resumes the run in ``cfg.output``; refuses, writing nothing, a
+    folder or state database that holds another run.
+
+    The state database belongs to one run folder (the ``output`` it recorded), and
+    ``--force`` does not change that: a new run folder needs a new ``--state``. The run
+    folder continues when it holds this database's run (its ``meta.json`` run id) with
+    the same config (:data:`RESUMABLE_CHANGES` aside), task and labels; it holds another
+    run: refused unless ``force`` (the job then replaces it). A database with finished
+    rounds needs the run folder that holds them."""
+    from fedpeft.coordinator.engine import checkpoint_exists
+
+    run = RunDir(cfg.output)
+    recorded = store.get_meta("output")
+    if recorded is not None and recorded != str(run.path.resolve()):
+        raise ConfigError(
+            "--state",
+            f"{store.path} belongs to the run in {recorded}; give that --output, or a new "
+            "--state for a new run",
+        )
+    other = _other_run(run, cfg, store.run_id, task, labels) if run.holds_run() else None
+    if other is not None and not force:
+        raise RunFolderInUse(run.path, other)
+    finished = sum(r["status"] != "running" for r in store.rounds())
+    if finished and (other is not None or not checkpoint_exists(run.path)):
+        raise ConfigError(
+            "--state",
+            f"{store.path} holds {finished} finished rounds of run {store.run_id}, but "
+            f"{run.path} does not hold that run's checkpoint; restore the run folder, or "
+            "give a new --state for a new run",
+        )
+    return other is None and checkpoint_exists(run.path)
+
+
+def _other_run(
+    run: RunDir, cfg: JobConfig, run_id: str, task: str, labels: list[str] | None
+) -> str | None:
+    """Why the run held in ``run`` is not this coordinator's (None: it is)."""
+    held_id = run.run_id()
+    if held_id != run_id:
+        return f"{run.describe()}; the state database's run is {run_id}"
+    meta = run.meta()
+    if meta.get("task") != task or meta.get("label_names") != labels:
+        return (
+            f"run {held_id} has task {meta.get('task')} with labels "
+            f"{meta.get('label_names')}; the evaluation data gives {task} with {labels}"
+        )
+    try:
+        held = run.config()
+    except (FedPeftError, OSError, ValueError) as exc:
+        return f"run {held_id} with an unreadable config.toml ({exc})"
+    changed = config_changes(held, cfg)
+    if changed:
+        return f"run {held_id} with another config: {', '.join(changed)} differ"
+    return None
+
+
 @contextlib.contextmanager
 def _serving(
-    cfg: JobConfig, opts: ServeOptions, job: dict[str, Any]
-) -> Iterator[tuple[Fleet, Store, FleetMetrics]]:
-    """The fleet behind a started gRPC server, its state and its metrics; afterwards the
-    daemons are told the run is over (if the job did not tell them) and all is closed."""
-    store = Store(opts.state)
-    metrics = FleetMetrics()
-    if opts.metrics_port:
-        metrics.serve(opts.metrics_port, "127.0.0.1" if opts.insecure_localhost else opts.host)
-    settings = opts.fleet
-    if settings.max_clients != cfg.federation.clients:
-        settings = FleetSettings(**{**settings.__dict__, "max_clients": cfg.federation.clients})
-    fleet = Fleet(
-        store=store,
-        settings=settings,
-        job_config=job,
-        artifact_dir=store.path.with_suffix(".artifacts"),
-        metrics=metrics,
-    )
-    server = CoordinatorServer(
-        fleet, opts.host, opts.port, tls=opts.tls, insecure_localhost=opts.insecure_localhost
-    )
-    server.start()
+    cfg: JobConfig, opts: ServeOptions, store: Store, job: dict[str, Any]
+) -> Iterator[tuple[Fleet, FleetMetrics]]:
+    """The fleet behind a started gRPC server, and its metrics; afterwards the daemons
+    are told the run is over (if the job did not tell them) and all is closed. When the
+    server cannot start, a state database created for it is removed again."""
+    metrics = FleetMetrics(dp=cfg.dp.enabled)
+    artifacts = store.path.with_suffix(".artifacts")
+    new_artifacts = not artifacts.exists()
+    try:
+        if opts.metrics_port:
+            metrics.serve(opts.metrics_port, opts.metrics_host)
+        settings = opts.fleet
+        if settings.max_clients != cfg.federation.clients:
+            settings = FleetSettings(**{**settings.__dict__, "max_clients": cfg.federation.clients})
+        fleet = Fleet(
+            store=store, settings=settings, job_config=job, artifact_dir=artifacts, metrics=metrics
+        )
+        server = CoordinatorServer(
+            fleet, opts.host, opts.port, tls=opts.tls, insecure_localhost=opts.insecure_localhost
+        )
+        server.start()
+    except BaseException:
+        metrics.close()
+        if new_artifacts and store.created:
+            shutil.rmtree(artifacts, ignore_errors=True)
+        store.discard()
+        raise
     store.set_meta("status", "running")
     store.set_meta("rounds", str(cfg.federation.rounds))
     store.set_meta("output", str(Path(cfg.output).resolve()))
     try:
-        yield fleet, store, metrics
+        yield fleet, metrics
     finally:
         if not fleet.run_over:
             fleet.finish()
             _tell_daemons(fleet, min(opts.shutdown_grace, 5.0))
         server.stop()
+        metrics.close()
         store.close()
 
 

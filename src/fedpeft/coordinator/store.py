@@ -9,14 +9,23 @@ The global adapter itself lives in the engine's checkpoint (the run folder); the
 never holds a model. The privacy ledger (:mod:`fedpeft.privacy.ledger`) keeps its own
 SQLite file beside this one (``ledger_path``).
 
-SQLite in WAL mode, ``PRAGMA user_version`` for the schema version; one connection
-shared by the server's threads behind a lock (SQLite serialises writers anyway).
+SQLite in WAL mode, ``PRAGMA user_version`` for the schema version and
+``PRAGMA application_id`` for "this is a fedpeft state database"; one connection shared by
+the server's threads behind a lock (SQLite serialises writers anyway).
+
+The file holds accepted, not yet aggregated client updates: it is created 0600 (SQLite
+gives its ``-wal`` and ``-shm`` files the database's mode), and a looser existing one is
+tightened. A file that is not SQLite, or SQLite of something else, is refused with its
+path and left as it was; a database this process created is removed again by
+:meth:`Store.discard` when the coordinator cannot start (port in use, ...).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -30,6 +39,11 @@ from typing import Any
 from fedpeft.errors import FedPeftError
 
 SCHEMA_VERSION = 1
+#: ``PRAGMA application_id`` of a fedpeft state database ("fpst"); 0 in files written
+#: before it was set, which are recognised by their tables instead.
+APPLICATION_ID = 0x66707374
+_TABLES = frozenset({"meta", "clients", "rounds", "results", "artifacts"})
+_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -105,23 +119,71 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # an accepted result survives kill -9
+        self._made_parent = not self.path.parent.exists()
+        #: this process made the file (so :meth:`discard` may remove it)
+        self.created = _create_private(self.path)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            self._undo_create()
+            raise StoreError(f"cannot open the state database {self.path}: {exc}") from exc
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:  # not SQLite at all, or a damaged file
+            self._db.close()
+            self._undo_create()
+            raise StoreError(
+                f"{self.path} is not a usable fedpeft state database ({exc}); give another --state"
+            ) from exc
+        except BaseException:
+            self._db.close()
+            self._undo_create()
+            raise
+        _tighten(self.path)
+
+    def _open(self) -> None:
+        """Check the file is ours (or new), then WAL mode and the schema."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        if (
+            app_id not in (0, APPLICATION_ID)
+            or (version == 0 and tables)
+            or (version > 0 and not _TABLES.issubset(tables))
+        ):
+            raise StoreError(
+                f"{self.path} is an SQLite database of something else, not a fedpeft state "
+                "database; give another --state"
+            )
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path} has schema version {version}; this fedpeft knows {SCHEMA_VERSION}"
             )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # an accepted result survives kill -9
         if version == 0:  # a new file: create the schema (executescript commits itself)
             with self._lock:
                 self._db.executescript(_SCHEMA)
+                self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         if self.get_meta("run_id") is None:
             self.set_meta("run_id", secrets.token_hex(8))
             self.set_meta("created_at", str(time.time()))
+
+    def _undo_create(self) -> None:
+        if self.created:
+            for file in _files(self.path):
+                file.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # only if this process made it, and empty
+                if self._made_parent:
+                    self.path.parent.rmdir()
+
+    def discard(self) -> None:
+        """Close; remove the database if this process created it (a coordinator that
+        could not start leaves no state behind)."""
+        self.close()
+        self._undo_create()
 
     @property
     def ledger_path(self) -> Path:
@@ -312,3 +374,34 @@ class Store:
     def remove_artifact(self, sha256: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM artifacts WHERE sha256 = ?", (sha256,))
+
+
+def _files(path: Path) -> list[Path]:
+    """The database and the side files SQLite keeps beside it."""
+    return [path, *(path.with_name(path.name + suffix) for suffix in _SIDE_FILES)]
+
+
+def _create_private(path: Path) -> bool:
+    """Create ``path`` empty with mode 0600 unless it exists; True when created here.
+    (SQLite would create it with the umask's mode, usually 0644.)"""
+    if path.exists():
+        if not path.is_file():
+            raise StoreError(f"{path} is not a file; give --state a database file")
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it meanwhile: not ours to remove
+        return False
+    except OSError as exc:
+        raise StoreError(f"cannot create the state database {path}: {exc.strerror}") from exc
+    os.close(fd)
+    return True
+
+
+def _tighten(path: Path) -> None:
+    """Mode 0600 for the database and its side files (an older, looser file too)."""
+    for file in _files(path):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)

@@ -25,6 +25,7 @@ from fedpeft.data.containers import (
     ClassificationData,
     Dataset,
     InstructionData,
+    check_job_labels,
     format_alpaca_prompt,
 )
 from fedpeft.data.formats import DataFormat
@@ -53,6 +54,7 @@ __all__ = [
     "DataFormat",
     "Dataset",
     "InstructionData",
+    "check_job_labels",
     "describe",
     "ensure_builtin",
     "format_alpaca_prompt",

@@ -38,6 +38,20 @@ def _check_indices(idx: Sequence[int], n: int) -> list[int]:
     return out
 
 
+def check_job_labels(label_names: Sequence[str] | None, field: str, source: str) -> None:
+    """Refuse a classification job whose label set (fixed by ``source``, the config field
+    ``field``) has fewer than two labels: a one-label classifier learns nothing and
+    reports accuracy 1.0. A client's own data may hold fewer labels than its job."""
+    if label_names is None or len(label_names) >= 2:
+        return
+    found = f"only the label {label_names[0]!r}" if label_names else "no label"
+    raise ConfigError(
+        field,
+        f"{source} has {found}; a classification job needs examples of at least two "
+        "labels (this data fixes the job's label set)",
+    )
+
+
 @dataclass(frozen=True)
 class ClassificationData:
     """Texts with integer labels; ``labels[i]`` indexes ``label_names``."""

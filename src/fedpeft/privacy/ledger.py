@@ -14,8 +14,10 @@ by a newer fedpeft (higher version) is refused rather than misread.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +65,9 @@ class PrivacyLedger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # the ledger says who took part when: owner-only, as SQLite would not make it
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             # isolation_level=None: transactions are the explicit BEGIN/COMMIT below.
             self._db: sqlite3.Connection | None = sqlite3.connect(

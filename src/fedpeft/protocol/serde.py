@@ -50,12 +50,13 @@ def register_request_to_bytes(req: wire.RegisterRequest) -> bytes:
         enrollment_token=req.enrollment_token,
         protocol_version=req.protocol_version,
         name=req.name,
+        probe=req.probe,
     ).SerializeToString()
 
 
 def register_request_from_bytes(data: bytes) -> wire.RegisterRequest:
     msg = _parse(pb.RegisterRequest, data)
-    return wire.RegisterRequest(msg.enrollment_token, msg.protocol_version, msg.name)
+    return wire.RegisterRequest(msg.enrollment_token, msg.protocol_version, msg.name, msg.probe)
 
 
 def registration_to_bytes(reg: wire.Registration) -> bytes:

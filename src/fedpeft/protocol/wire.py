@@ -16,6 +16,7 @@ class RegisterRequest:
     enrollment_token: str
     protocol_version: int
     name: str = ""
+    probe: bool = False  # only the job and whether there is room: nothing registered
 
 
 @dataclass(frozen=True)

@@ -83,8 +83,11 @@ def run_simulation(
     hooks: EngineHooks | None = None,
     app_factory: AppFactory | None = None,
     export: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Run (or resume) the job; writes the run folder and returns the summary."""
+    """Run (or resume) the job; writes the run folder and returns the summary. An output
+    folder holding another run is refused unless ``force`` (which replaces that run once
+    the job has been checked)."""
     started = time.perf_counter()
     shards, meta = make_shards(cfg)
     fed = cfg.federation
@@ -107,6 +110,7 @@ def run_simulation(
         population=fed.clients,
         shard_sizes=[len(s) for s in shards],
         started=started,
+        force=force,
     )
     backend = make_backend(cfg, app_factory or client_app_factory(cfg))
     if cfg.secagg.enabled and cfg.secagg.dropout_rate > 0:

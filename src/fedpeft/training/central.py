@@ -8,7 +8,9 @@ from typing import Any
 
 from fedpeft.adapters import trainable_state
 from fedpeft.config import JobConfig
-from fedpeft.rundir import RunDir
+from fedpeft.data import check_job_labels
+from fedpeft.models import resolve_model_path
+from fedpeft.rundir import RunDir, new_run_id
 from fedpeft.training.encode import encode
 from fedpeft.training.loop import evaluate, planned_steps, train_local
 from fedpeft.training.prefix import prefix_cache_for
@@ -20,13 +22,23 @@ def run_central(
     *,
     on_step: Callable[[int, int, float], None] | None = None,
     log_every: int = 10,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Train, evaluate, and write the run folder; returns the final metrics record."""
+    """Train, evaluate, and write the run folder; returns the final metrics record.
+
+    A folder that holds another run is refused once the data and the model name are
+    known good, before the backbone loads and before anything is written (``force``:
+    its run files are removed once the model is ready, just before this run writes)."""
+    run = RunDir(cfg.output)
+    run_id = new_run_id()
     set_threads(cfg.train.threads)
     data = load_job_data(cfg)
+    check_job_labels(data.label_names, "data.train", cfg.data.train)
+    resolve_model_path(cfg.model.name, cfg.model.cache_dir)  # a wrong name is said first
+    run.check_claim(run_id, force=force)
     adapted = build_adapted_model(cfg, data.task, data.label_names)
-    run = RunDir(cfg.output)
-    run.create(cfg, _meta(adapted))
+    run.claim(run_id, force=force)
+    run.create(cfg, {"run_id": run_id, **_meta(adapted)})
     run.rewrite_metrics([])
     train_enc = encode(adapted.tokenizer, data.train, cfg.data.max_length)
     eval_enc = encode(adapted.tokenizer, data.eval, cfg.data.max_length) if data.eval else None

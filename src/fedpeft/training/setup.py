@@ -49,13 +49,16 @@ def default_eval_source(train: str) -> str | None:
     return None
 
 
-def load_job_data(cfg: JobConfig) -> JobData:
+def load_job_data(cfg: JobConfig, label_names: list[str] | None = None) -> JobData:
+    """The job's training and held-out data; ``label_names`` fixes the label set (a client
+    whose data holds a subset of the job's labels)."""
     d = cfg.data
     train = load_dataset(
         d.train,
         text_column=d.text_column,
         label_column=d.label_column,
         header=None if d.header == "auto" else bool(d.header),
+        label_names=label_names,
         max_examples=d.max_train_examples,
     )
     task = Task.CLASSIFICATION if isinstance(train, ClassificationData) else Task.CAUSAL_LM

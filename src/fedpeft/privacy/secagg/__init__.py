@@ -32,12 +32,19 @@ from fedpeft.privacy.secagg.encoding import (
     unpack,
 )
 from fedpeft.privacy.secagg.errors import SecAggAborted, SecAggError, SecAggRejected
-from fedpeft.privacy.secagg.params import SecAggParams, harary_neighbours, plan_secagg
+from fedpeft.privacy.secagg.params import (
+    MIN_COHORT,
+    SecAggParams,
+    harary_neighbours,
+    plan_secagg,
+    survivor_floor,
+)
 from fedpeft.privacy.secagg.server import SecAggServer, ServerStage
 from fedpeft.privacy.secagg.wire import SERVER, Stage
 
 __all__ = [
     "MAX_BITS",
+    "MIN_COHORT",
     "SERVER",
     "ClientStage",
     "SecAggAborted",
@@ -56,6 +63,7 @@ __all__ = [
     "plan_secagg",
     "quantize",
     "sum_bits",
+    "survivor_floor",
     "to_field",
     "unpack",
 ]

@@ -43,7 +43,7 @@ from fedpeft.privacy.secagg.messages import (
 from fedpeft.privacy.secagg.params import SecAggParams
 from fedpeft.privacy.secagg.wire import SERVER, Frame, Stage, decode_frame, encode_frame
 
-__all__ = ["ClientStage", "SecAggClient"]
+__all__ = ["ClientStage", "SecAggClient", "unmask_refusal"]
 
 
 class ClientStage:
@@ -268,39 +268,23 @@ class SecAggClient:
         return acc
 
     def unmask(self, message: bytes) -> bytes:
-        """Stage 3: ``message`` lists the client's surviving and dropped neighbours.
-        Returns self-mask-seed shares of the survivors and mask-key-seed shares of the
-        dropped — never both for one neighbour. Refuses (:class:`SecAggError`) when a
-        neighbour is listed twice or as both, when a listed client is not a neighbour whose
-        shares it holds, or when fewer than ``threshold`` neighbours survived."""
+        """Stage 3: ``message`` lists the client's surviving and dropped neighbours and the
+        round's whole survivor list. Returns self-mask-seed shares of the survivors and
+        mask-key-seed shares of the dropped — never both for one neighbour. Refuses
+        (:class:`SecAggError`, :func:`unmask_refusal`) anything that could expose less
+        than the sum the parameters promise."""
         self._check_stage(ClientStage.MASKED, "unmask")
         frame = self._open(message, Stage.UNMASK)
         try:
-            survivors, dropped = unpack_ids(frame.body, 2, "unmask request")
+            survivors, dropped, everyone = unpack_ids(frame.body, 3, "unmask request")
         except CodecError as exc:
             raise SecAggError(f"client {self.client_id}: {exc}") from exc
-        both = set(survivors) & set(dropped)
-        if both:
-            raise SecAggError(
-                f"client {self.client_id} refuses to unmask: client(s) {sorted(both)} listed "
-                f"as both survivor and dropped (revealing both shares would expose their input)"
-            )
-        for listed in (survivors, dropped):
-            if len(set(listed)) != len(listed):
-                raise SecAggError(f"client {self.client_id}: a client is listed twice")
-        unknown = [c for c in survivors + dropped if c not in self._held]
-        if unknown:
-            raise SecAggError(
-                f"client {self.client_id} holds no shares of client(s) {sorted(unknown)}"
-            )
-        already = [c for c in survivors + dropped if c in self.revealed]
-        if already:
-            raise SecAggError(f"client {self.client_id} already revealed shares of {already}")
-        if len(survivors) < self.params.threshold:
-            raise SecAggError(
-                f"client {self.client_id} refuses to unmask: only {len(survivors)} of its "
-                f"neighbours survived, fewer than the threshold {self.params.threshold}"
-            )
+        reason = unmask_refusal(
+            self.params, self.client_id, set(self._held), set(self.revealed),
+            survivors, dropped, everyone,
+        )  # fmt: skip
+        if reason is not None:
+            raise SecAggError(f"client {self.client_id} refuses to unmask: {reason}")
         rows = [(c, SELF_SEED, self._held[c][1]) for c in sorted(survivors)]
         rows += [(c, MASK_SEED, self._held[c][0]) for c in sorted(dropped)]
         for c, kind, _ in rows:
@@ -308,3 +292,59 @@ class SecAggClient:
         self.stage = ClientStage.DONE
         self._held = {}
         return self._frame(Stage.UNMASK, pack_entries(UNMASK_ENTRY, rows))
+
+
+def unmask_refusal(
+    params: SecAggParams,
+    client_id: int,
+    held: set[int],
+    revealed: set[int],
+    survivors: list[int],
+    dropped: list[int],
+    everyone: list[int],
+) -> str | None:
+    """Why a client must not answer an unmask request, or None.
+
+    ``survivors`` / ``dropped``: the neighbours whose self-mask / mask-key shares are asked
+    for; ``everyone``: the survivor list the coordinator declares for the round. A client
+    refuses when a neighbour is listed twice or as both (revealing both shares would expose
+    its input), when it holds no shares of a listed client or already revealed them, when
+    fewer than ``t`` of its neighbours survived, when the declared list contradicts the
+    request (a survivor asked for as dropped, a survivor outside the cohort) or leaves the
+    client itself out (a client declared dropped must not help unmask the others), or when
+    the list is shorter than ``params.survivor_floor`` — the fewest clients whose noise the
+    round was planned for (distributed DP's ``n_min``)."""
+    both = set(survivors) & set(dropped)
+    if both:
+        return (
+            f"client(s) {sorted(both)} listed as both survivor and dropped (revealing both "
+            "shares would expose their input)"
+        )
+    for listed in (survivors, dropped, everyone):
+        if len(set(listed)) != len(listed):
+            return "a client is listed twice"
+    unknown = [c for c in survivors + dropped if c not in held]
+    if unknown:
+        return f"it holds no shares of client(s) {sorted(unknown)}"
+    already = [c for c in survivors + dropped if c in revealed]
+    if already:
+        return f"it already revealed shares of {already}"
+    if len(survivors) < params.threshold:
+        return (
+            f"only {len(survivors)} of its neighbours survived, fewer than the threshold "
+            f"{params.threshold}"
+        )
+    declared = set(everyone)
+    if client_id not in declared:
+        return "the declared survivors leave this client out"
+    outside = declared - set(params.clients)
+    if outside:
+        return f"the declared survivors name clients outside the cohort: {sorted(outside)}"
+    if not set(survivors) <= declared or set(dropped) & declared:
+        return "the neighbours' survivor and dropped lists contradict the declared survivors"
+    if len(declared) < params.survivor_floor:
+        return (
+            f"{len(declared)} declared survivors, fewer than the {params.survivor_floor} "
+            "the round's parameters require"
+        )
+    return None

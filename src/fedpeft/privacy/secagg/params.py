@@ -11,9 +11,23 @@ the clients as bytes (:meth:`SecAggParams.to_bytes`).
 **The graph** is the Harary graph ``H(k, n)`` over a seeded random permutation of the
 cohort (Bell et al. §4 use the same family): clients sit on a ring in a random order and
 each is joined to the ``k // 2`` nearest on either side, plus the diametrically opposite
-client when ``k`` is odd (then ``n`` must be even). It is k-regular, symmetric and
-k-connected (cutting it takes ``k`` removed clients), and ``k = n - 1`` is the complete
-graph — classic SecAgg (Bonawitz et al. 2017).
+client when ``k`` is odd. It is k-regular, symmetric and k-connected (cutting it takes
+``k`` removed clients), and ``k = n - 1`` is the complete graph — classic SecAgg (Bonawitz
+et al. 2017).
+
+**Only even degrees below the complete graph.** With an even ``k`` a client at the end of
+an arc of survivors has at most ``k/2`` surviving neighbours, fewer than ``t = k/2 + 1``,
+so no share count lets a coordinator that declares clients dropped rebuild its self mask:
+the survivors' sum cannot be split into the sums of arcs. An odd ``k`` adds the antipodal
+edge, which gives that client its ``t``-th neighbour: at ``n = 128``, ``k = 31`` a
+coordinator that declares 60 clients dropped recovers the sums of a 32- and a 36-client
+group. :class:`SecAggParams` therefore refuses an odd ``k < n - 1`` — the clients check it —
+and the planner only picks even ones.
+
+**A floor on survivors.** ``min_survivors`` (distributed DP's ``n_min``: the fewest clients
+whose noise the accountant counted) is part of the parameters every client checks: a client
+refuses to unmask unless the coordinator's declared survivor list — which it must send to
+every client — holds at least that many clients and the client itself.
 """
 
 from __future__ import annotations
@@ -34,11 +48,13 @@ from fedpeft.privacy.secagg.wire import SERVER, Stage, decode_frame, encode_fram
 
 __all__ = [
     "CORRECTNESS_BITS",
+    "MIN_COHORT",
     "SECURITY_BITS",
     "SMALL_COHORT",
     "SecAggParams",
     "harary_neighbours",
     "plan_secagg",
+    "survivor_floor",
 ]
 
 #: Cohorts up to this size use the complete graph (classic SecAgg).
@@ -51,6 +67,17 @@ SECURITY_BITS = 40
 CORRECTNESS_BITS = 20
 #: largest cohort one round may plan (the id lists travel in every message)
 MAX_CLIENTS = 1 << 16
+#: smallest cohort secure aggregation runs for: with two clients each learns the other's
+#: update from the released sum (its own subtracted); with three, one curious client
+#: learns only the sum of the other two
+MIN_COHORT = 3
+
+
+def survivor_floor(cohort: int, dropout_fraction: float) -> int:
+    """``n_min``: the fewest survivors of a cohort planned to lose ``dropout_fraction`` of
+    its clients, ``cohort - floor(dropout_fraction · cohort)`` (the complete graph's
+    deterministic bound; distributed DP sizes each client's noise for this many)."""
+    return max(1, cohort - math.floor(dropout_fraction * cohort + 1e-9))
 
 
 @dataclass(frozen=True)
@@ -70,13 +97,19 @@ class SecAggParams:
     """m: integers per masked vector."""
     graph_seed: int
     """Public seed of the neighbour graph's random permutation."""
+    min_survivors: int = 0
+    """Fewest survivors with which a client unmasks (0: only the threshold's floor)."""
 
     def __post_init__(self) -> None:
         clients = tuple(int(c) for c in self.clients)
         object.__setattr__(self, "clients", clients)
         n = len(clients)
-        if n < 2:
-            raise ConfigError("secagg.clients", f"a cohort needs at least 2 clients, got {n}")
+        if n < MIN_COHORT:
+            raise ConfigError(
+                "secagg.clients",
+                f"a cohort needs at least {MIN_COHORT} clients, got {n} (with two, each "
+                "learns the other's update from the sum)",
+            )
         if n > MAX_CLIENTS:
             raise ConfigError("secagg.clients", f"at most {MAX_CLIENTS} clients, got {n}")
         if list(clients) != sorted(set(clients)):
@@ -91,9 +124,12 @@ class SecAggParams:
             raise ConfigError(
                 "secagg.degree", f"must be at least 2 for {n} clients (degree 1 splits the graph)"
             )
-        if self.degree % 2 and n % 2:
+        if self.degree % 2 and self.degree != n - 1:
             raise ConfigError(
-                "secagg.degree", f"an odd degree {self.degree} needs an even cohort, got {n}"
+                "secagg.degree",
+                f"an odd degree {self.degree} below the complete graph ({n - 1}) adds "
+                "antipodal edges that let a coordinator lying about dropouts split the "
+                "survivors' sum; use an even degree",
             )
         if not 1 <= self.threshold <= self.degree:
             raise ConfigError(
@@ -105,6 +141,16 @@ class SecAggParams:
             raise ConfigError("secagg.length", f"must be at least 1, got {self.length}")
         if not 0 <= self.graph_seed < 2**64:
             raise ConfigError("secagg.graph_seed", "must be in [0, 2**64)")
+        if not 0 <= self.min_survivors <= n:
+            raise ConfigError(
+                "secagg.min_survivors", f"must be in [0, {n}], got {self.min_survivors}"
+            )
+
+    @property
+    def survivor_floor(self) -> int:
+        """Fewest declared survivors a client unmasks for: ``min_survivors``, and never
+        fewer than the protocol's own ``t + 1``."""
+        return max(self.min_survivors, self.threshold + 1)
 
     @functools.cached_property
     def _graph(self) -> dict[int, tuple[int, ...]]:
@@ -152,6 +198,7 @@ class SecAggParams:
                 bits=int(fields["bits"]),
                 length=int(fields["length"]),
                 graph_seed=int(fields["graph_seed"]),
+                min_survivors=int(fields["min_survivors"]),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise SecAggError(f"malformed secure-aggregation parameters: {exc}") from exc
@@ -210,6 +257,7 @@ def plan_secagg(
     seed: int,
     dropout_fraction: float = 0.3,
     min_degree: int | None = None,
+    min_survivors: int = 0,
 ) -> SecAggParams:
     """Plan one SecAgg+ round: degree ``k`` and threshold ``t`` for ``n = len(cohort)``.
 
@@ -224,8 +272,9 @@ def plan_secagg(
       ``k = n - 1``. Its guarantee is deterministic: the round completes whenever at most
       ``k - t`` clients drop (every survivor still has ``t`` live neighbours), so
       ``floor(δ·n) <= k - t`` is required.
-    * **Larger cohorts** take the smallest ``k >= max(min_degree, 2·ceil(log2 n))``
-      (``n·k`` even) with both
+    * **Larger cohorts** take the smallest even ``k >= max(min_degree, 2·ceil(log2 n))``
+      (even: see the module docstring — an odd ``k`` lets a lying coordinator split the
+      survivors) with both
 
       - *correctness*: ``n · P[Binomial(k, 1-δ) < t] <= 2**-η`` — with clients dropping
         independently at rate δ, every secret the server must rebuild keeps ``t`` live
@@ -240,6 +289,9 @@ def plan_secagg(
     ``k = O(log n)`` for fixed δ, as in SecAgg+; the constants make it large at high
     dropout (δ = 0.3 needs ``k ≈ 190`` at ``n = 1000``; ``n <= ~200`` gets the complete
     graph). Impossible settings raise :class:`fedpeft.errors.ConfigError` naming the field.
+
+    ``min_survivors`` (distributed DP's ``n_min``) travels in the parameters: clients
+    refuse to unmask for fewer declared survivors.
     """
     clients = _check_cohort(cohort, dropout_fraction, min_degree)
     n = len(clients)
@@ -254,6 +306,7 @@ def plan_secagg(
         bits=bits,
         length=length,
         graph_seed=_graph_seed(seed, round_num),
+        min_survivors=min_survivors,
     )
 
 
@@ -271,8 +324,12 @@ def _check_cohort(
     the cohort cannot have."""
     clients = tuple(sorted(int(c) for c in cohort))
     n = len(clients)
-    if n < 2:
-        raise ConfigError("secagg.clients", f"secure aggregation needs at least 2 clients, got {n}")
+    if n < MIN_COHORT:
+        raise ConfigError(
+            "secagg.clients",
+            f"secure aggregation needs at least {MIN_COHORT} clients, got {n} (with two, "
+            "each learns the other's update from the sum)",
+        )
     if len(set(clients)) != n:
         raise ConfigError("secagg.clients", "the cohort lists a client twice")
     if not (0.0 <= dropout_fraction < 1.0) or math.isnan(dropout_fraction):
@@ -285,13 +342,13 @@ def _check_cohort(
 
 
 def _sparse_degree(n: int, dropout_fraction: float, min_degree: int | None) -> int | None:
-    """The smallest ``k < n - 1`` (from ``max(min_degree, 2·ceil(log2 n))``, ``n·k`` even)
+    """The smallest even ``k < n - 1`` (from ``max(min_degree, 2·ceil(log2 n))``)
     that meets both probabilistic bounds of :func:`plan_secagg` — correctness (every
     secret keeps t live holders) and privacy of partial sums (the survivors' graph stays
     connected) — or None when none does and the complete graph must serve."""
     low = max(min_degree or 1, 2 * math.ceil(math.log2(n)))
     for k in range(low, n - 1):
-        if (n * k) % 2:
+        if k % 2:  # an odd k's antipodal edge lets a lying coordinator split the survivors
             continue
         fails = n * _binom_cdf_below(k, 1.0 - dropout_fraction, _threshold(k))
         splits = n * dropout_fraction ** (k // 2)

@@ -192,7 +192,11 @@ class SecAggServer:
             inbox = self._ciphertexts.get(client_id, {})
             body = pack_entries(TO_CLIENT, ((s, inbox[s]) for s in sorted(nbrs & self._u2)))
         else:
-            body = pack_ids(sorted(nbrs & self._u3), sorted(nbrs & (self._u2 - self._u3)))
+            # the neighbours to reveal shares of, and the whole survivor list: every
+            # client checks it against the parameters' floor and its own place in it
+            body = pack_ids(
+                sorted(nbrs & self._u3), sorted(nbrs & (self._u2 - self._u3)), sorted(self._u3)
+            )
         msg = encode_frame(_WIRE[self.stage], self.params.round, SERVER, client_id, body)
         self._count(0, len(msg))
         return msg
@@ -318,6 +322,12 @@ class SecAggServer:
         self.dropped = tuple(c for c in self.params.clients if c not in u3)
         self._ciphertexts = {}
         self._need(u3, "after masked inputs")
+        if len(u3) < self.params.min_survivors:
+            raise SecAggAborted(
+                f"round {self.params.round}: {len(u3)} masked inputs arrived, fewer than the "
+                f"{self.params.min_survivors} survivors the round's noise was sized for "
+                "(clients would refuse to unmask)"
+            )
         t = self.params.threshold
         for c in sorted(self._u2):
             live = len(self._graph[c] & u3)

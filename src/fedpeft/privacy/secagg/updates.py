@@ -17,9 +17,18 @@ integers mod 2^bits:
    ``[-levels, levels]``; ``levels`` is chosen by the coordinator so that the cohort's sum
    (plus DP noise headroom) never wraps mod 2^bits;
 4. append the extra scalars as base-``levels`` digits (sums of digits carry no error
-   because summation is linear): the weight ``w`` exactly, and for FedExP the weighted
-   squared norm ``(w/W)·‖Δ‖²``;
+   because summation is linear): the weight ``w`` exactly — as many digits as
+   ``weight_cap`` needs, never truncated — and for FedExP the weighted squared norm
+   ``(w/W)·‖Δ‖²``;
 5. distributed DP: add discrete Gaussian noise (integers) to the value coordinates.
+
+**Wrap detection.** The noise is unbounded, so the field is sized with room for
+``2·NOISE_HEADROOM_SIGMAS`` standard deviations of the noise on the sum
+(``√clients · noise_sigma``) beyond the values' range (``fedpeft.coordinator.secure``), and
+the decoder refuses a sum with any coordinate beyond the values' range plus
+``NOISE_HEADROOM_SIGMAS`` of them: a coordinate that wrapped lands at least that far out
+unless its noise exceeded 24 standard deviations, so a wrapped sum fails the round instead
+of decoding into a wrong adapter.
 """
 
 from __future__ import annotations
@@ -35,9 +44,12 @@ from fedpeft.errors import ProtocolError
 from fedpeft.privacy.secagg.encoding import dequantize, from_field, quantize, to_field
 from fedpeft.protocol.messages import Tensors
 
-#: Extra scalar coordinates after the values, in this order, and their digits each.
-WEIGHT_DIGITS = 2
+#: Extra scalar coordinates after the values, in this order: the weight (as many digits
+#: as ``weight_cap`` needs, :attr:`SecureEncoding.weight_digits`), then FedExP's spread.
 SQ_NORM_DIGITS = 3
+#: Distributed DP: a decoded coordinate may exceed the values' range by this many standard
+#: deviations of the noise on the sum; the field leaves twice as much room (see above).
+NOISE_HEADROOM_SIGMAS = 8.0
 
 
 @dataclass(frozen=True)
@@ -66,9 +78,17 @@ class SecureEncoding:
         return self.dim if self.density >= 1.0 else max(1, math.ceil(self.density * self.dim))
 
     @property
+    def weight_digits(self) -> int:
+        """Base-``levels`` digits that hold any weight up to ``weight_cap`` exactly."""
+        digits, capacity = 1, self.levels
+        while capacity <= self.weight_cap:
+            digits, capacity = digits + 1, capacity * self.levels
+        return digits
+
+    @property
     def length(self) -> int:
         """Integers in the masked vector: the values, then the weight and FedExP digits."""
-        return self.sent + WEIGHT_DIGITS + (SQ_NORM_DIGITS if self.with_sq_norm else 0)
+        return self.sent + self.weight_digits + (SQ_NORM_DIGITS if self.with_sq_norm else 0)
 
     def subset(self) -> np.ndarray | None:
         """Sorted indices of the shared coordinate subset (None: all coordinates)."""
@@ -109,7 +129,10 @@ class SecureEncoding:
 
 
 def to_digits(value: int, base: int, digits: int) -> list[int]:
-    """``value`` (0 <= value < base**digits) as little-endian base-``base`` digits."""
+    """``value`` (0 <= value < base**digits) as little-endian base-``base`` digits; a value
+    that does not fit is refused, never truncated."""
+    if not 0 <= value < base**digits:
+        raise ValueError(f"{value} does not fit in {digits} base-{base} digits")
     out = []
     for _ in range(digits):
         value, digit = divmod(value, base)
@@ -145,7 +168,7 @@ def encode_secure(
     w = 1 if enc.uniform_weights else min(int(num_examples), enc.weight_cap)
     scale = 1.0 if enc.uniform_weights else w / enc.weight_cap
     ints, clipped = quantize(sent * scale, clip=enc.clip_range, levels=enc.levels, rng=rng)
-    extras = to_digits(w, enc.levels, WEIGHT_DIGITS)
+    extras = to_digits(w, enc.levels, enc.weight_digits)
     if enc.with_sq_norm:
         sq = min(scale * float(np.dot(sent, sent)), enc.sq_norm_max)
         top = enc.levels**SQ_NORM_DIGITS - 1
@@ -183,11 +206,13 @@ def decode_secure_sum(
 ) -> SecureSum:
     """Decode the unmasked sum (uint64 mod 2^bits) of a cohort's encoded updates."""
     ints = from_field(np.asarray(field_sum, np.uint64), enc.bits)
-    values = dequantize(ints[: enc.sent], clip=enc.clip_range, levels=enc.levels)
     extras = ints[enc.sent :]
-    weight = from_digits(extras[:WEIGHT_DIGITS], enc.levels)
+    weight = from_digits(extras[: enc.weight_digits], enc.levels)
     if weight <= 0:
         raise ProtocolError(f"the unmasked weights sum to {weight}; nothing to average")
+    if enc.noise_sigma > 0:
+        check_no_wrap(ints[: enc.sent], enc, clients=weight if enc.uniform_weights else None)
+    values = dequantize(ints[: enc.sent], clip=enc.clip_range, levels=enc.levels)
     # Σ (w_i/W)·Δ_i · W / Σ w_i = the weighted mean; uniform weights: Σ Δ_i / k
     factor = 1.0 / weight if enc.uniform_weights else enc.weight_cap / weight
     flat = np.zeros(enc.dim, np.float64)
@@ -199,7 +224,38 @@ def decode_secure_sum(
     mean_sq = None
     if enc.with_sq_norm:
         top = enc.levels**SQ_NORM_DIGITS - 1
-        digits = extras[WEIGHT_DIGITS : WEIGHT_DIGITS + SQ_NORM_DIGITS]
+        start = enc.weight_digits
+        digits = extras[start : start + SQ_NORM_DIGITS]
         total_sq = from_digits(digits, enc.levels) / top * enc.sq_norm_max
         mean_sq = total_sq * enc.weight_cap / weight
     return SecureSum(unflatten(flat, enc, shapes), float(weight), mean_sq, values)
+
+
+def noise_allowance(clients: int, sigma: float) -> float:
+    """How far past the values' range (integer units) a decoded sum of ``clients`` noisy
+    inputs may lie: ``NOISE_HEADROOM_SIGMAS`` standard deviations of their summed noise."""
+    return NOISE_HEADROOM_SIGMAS * math.sqrt(clients) * sigma
+
+
+def check_no_wrap(value_sums: np.ndarray, enc: SecureEncoding, clients: int | None) -> None:
+    """Refuse (:class:`ProtocolError`) a noisy sum with a coordinate outside
+    ``±(clients·levels + noise_allowance)``: it wrapped mod 2^bits (or its noise went past
+    the headroom the field was sized for) — and any noisy sum in a field without twice that
+    allowance to spare, where a wrap could not be told apart. ``clients``: whose inputs are
+    summed (None: the largest the field holds)."""
+    half = 2 ** (enc.bits - 1) - 1
+    n = clients if clients is not None else max(1, half // max(1, enc.levels))
+    bound = n * enc.levels + noise_allowance(n, enc.noise_sigma)
+    if bound + noise_allowance(n, enc.noise_sigma) > half:
+        raise ProtocolError(
+            f"a field of {enc.bits} bits has no room to detect a wrap of {n} clients' values "
+            f"(±{enc.levels} each) with noise sigma {enc.noise_sigma:g}: the sum may have "
+            "wrapped, so it is not used"
+        )
+    worst = int(np.max(np.abs(value_sums))) if value_sums.size else 0
+    if worst > bound:
+        outside = int(np.count_nonzero(np.abs(value_sums) > bound))
+        raise ProtocolError(
+            f"the noisy sum wrapped mod 2^{enc.bits}: {outside} coordinate(s) beyond "
+            f"±{bound:.0f} (largest {worst}); the field's noise headroom was exceeded"
+        )

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64peft/v1/fleet.proto\x12\nfedpeft.v1\"S\n\x0fRegisterRequest\x12\x18\n\x10\x65nrollment_token\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x92\x01\n\x10RegisterResponse\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x12\n\ncredential\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x12\n\njob_config\x18\x04 \x01(\t\x12\x18\n\x10protocol_version\x18\x05 \x01(\r\x12\x19\n\x11heartbeat_seconds\x18\x06 \x01(\x01\"#\n\x10HeartbeatRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"c\n\x11HeartbeatResponse\x12\x10\n\x08run_over\x18\x01 \x01(\x08\x12\r\n\x05round\x18\x02 \x01(\r\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\x01\x12\x12\n\ntask_stale\x18\x04 \x01(\x08\"\'\n\x0fPullTaskRequest\x12\x14\n\x0cwait_seconds\x18\x01 \x01(\x01\"+\n\x0b\x41rtifactRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x9b\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06\x63onfig\x18\x04 \x01(\t\x12\x12\n\x08\x64ownlink\x18\x05 \x01(\x0cH\x00\x12\x34\n\x11\x64ownlink_artifact\x18\x06 \x01(\x0b\x32\x17.fedpeft.v1.ArtifactRefH\x00\x12\x19\n\x11\x64ownlink_is_delta\x18\x07 \x01(\x08\x12\x14\n\x0c\x62\x61se_version\x18\x08 \x01(\x05\x12\x0f\n\x07version\x18\t \x01(\x05\x12\x0c\n\x04seed\x18\n \x01(\x04\x12\x0e\n\x06secagg\x18\x0b \x01(\x0c\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x0c \x01(\x01\x42\x11\n\x0f\x64ownlink_source\"\xae\x01\n\x10PullTaskResponse\x12\x33\n\x06status\x18\x01 \x01(\x0e\x32#.fedpeft.v1.PullTaskResponse.Status\x12\x1e\n\x04task\x18\x02 \x01(\x0b\x32\x10.fedpeft.v1.Task\"E\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07NO_TASK\x10\x01\x12\x08\n\x04TASK\x10\x02\x12\x0c\n\x08RUN_OVER\x10\x03\"\xf7\x01\n\x0cResultHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x04\x12\x36\n\x07metrics\x18\x05 \x03(\x0b\x32%.fedpeft.v1.ResultHeader.MetricsEntry\x12\x14\n\x0cpayload_size\x18\x06 \x01(\x04\x12\x16\n\x0epayload_sha256\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Q\n\x0bResultChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedpeft.v1.ResultHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"&\n\x12PushResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"6\n\x14\x46\x65tchArtifactRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"A\n\rArtifactChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x32\xf8\x02\n\x05\x46leet\x12\x45\n\x08Register\x12\x1b.fedpeft.v1.RegisterRequest\x1a\x1c.fedpeft.v1.RegisterResponse\x12H\n\tHeartbeat\x12\x1c.fedpeft.v1.HeartbeatRequest\x1a\x1d.fedpeft.v1.HeartbeatResponse\x12\x45\n\x08PullTask\x12\x1b.fedpeft.v1.PullTaskRequest\x1a\x1c.fedpeft.v1.PullTaskResponse\x12G\n\nPushResult\x12\x17.fedpeft.v1.ResultChunk\x1a\x1e.fedpeft.v1.PushResultResponse(\x01\x12N\n\rFetchArtifact\x12 .fedpeft.v1.FetchArtifactRequest\x1a\x19.fedpeft.v1.ArtifactChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64peft/v1/fleet.proto\x12\nfedpeft.v1\"b\n\x0fRegisterRequest\x12\x18\n\x10\x65nrollment_token\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05probe\x18\x04 \x01(\x08\"\x92\x01\n\x10RegisterResponse\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x12\n\ncredential\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x12\n\njob_config\x18\x04 \x01(\t\x12\x18\n\x10protocol_version\x18\x05 \x01(\r\x12\x19\n\x11heartbeat_seconds\x18\x06 \x01(\x01\"#\n\x10HeartbeatRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"c\n\x11HeartbeatResponse\x12\x10\n\x08run_over\x18\x01 \x01(\x08\x12\r\n\x05round\x18\x02 \x01(\r\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\x01\x12\x12\n\ntask_stale\x18\x04 \x01(\x08\"\'\n\x0fPullTaskRequest\x12\x14\n\x0cwait_seconds\x18\x01 \x01(\x01\"+\n\x0b\x41rtifactRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x9b\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06\x63onfig\x18\x04 \x01(\t\x12\x12\n\x08\x64ownlink\x18\x05 \x01(\x0cH\x00\x12\x34\n\x11\x64ownlink_artifact\x18\x06 \x01(\x0b\x32\x17.fedpeft.v1.ArtifactRefH\x00\x12\x19\n\x11\x64ownlink_is_delta\x18\x07 \x01(\x08\x12\x14\n\x0c\x62\x61se_version\x18\x08 \x01(\x05\x12\x0f\n\x07version\x18\t \x01(\x05\x12\x0c\n\x04seed\x18\n \x01(\x04\x12\x0e\n\x06secagg\x18\x0b \x01(\x0c\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x0c \x01(\x01\x42\x11\n\x0f\x64ownlink_source\"\xae\x01\n\x10PullTaskResponse\x12\x33\n\x06status\x18\x01 \x01(\x0e\x32#.fedpeft.v1.PullTaskResponse.Status\x12\x1e\n\x04task\x18\x02 \x01(\x0b\x32\x10.fedpeft.v1.Task\"E\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07NO_TASK\x10\x01\x12\x08\n\x04TASK\x10\x02\x12\x0c\n\x08RUN_OVER\x10\x03\"\xf7\x01\n\x0cResultHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x04\x12\x36\n\x07metrics\x18\x05 \x03(\x0b\x32%.fedpeft.v1.ResultHeader.MetricsEntry\x12\x14\n\x0cpayload_size\x18\x06 \x01(\x04\x12\x16\n\x0epayload_sha256\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Q\n\x0bResultChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedpeft.v1.ResultHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"&\n\x12PushResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"6\n\x14\x46\x65tchArtifactRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"A\n\rArtifactChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x32\xf8\x02\n\x05\x46leet\x12\x45\n\x08Register\x12\x1b.fedpeft.v1.RegisterRequest\x1a\x1c.fedpeft.v1.RegisterResponse\x12H\n\tHeartbeat\x12\x1c.fedpeft.v1.HeartbeatRequest\x1a\x1d.fedpeft.v1.HeartbeatResponse\x12\x45\n\x08PullTask\x12\x1b.fedpeft.v1.PullTaskRequest\x1a\x1c.fedpeft.v1.PullTaskResponse\x12G\n\nPushResult\x12\x17.fedpeft.v1.ResultChunk\x1a\x1e.fedpeft.v1.PushResultResponse(\x01\x12N\n\rFetchArtifact\x12 .fedpeft.v1.FetchArtifactRequest\x1a\x19.fedpeft.v1.ArtifactChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,35 +34,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESULTHEADER_METRICSENTRY']._loaded_options = None
   _globals['_RESULTHEADER_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_REGISTERREQUEST']._serialized_start=38
-  _globals['_REGISTERREQUEST']._serialized_end=121
-  _globals['_REGISTERRESPONSE']._serialized_start=124
-  _globals['_REGISTERRESPONSE']._serialized_end=270
-  _globals['_HEARTBEATREQUEST']._serialized_start=272
-  _globals['_HEARTBEATREQUEST']._serialized_end=307
-  _globals['_HEARTBEATRESPONSE']._serialized_start=309
-  _globals['_HEARTBEATRESPONSE']._serialized_end=408
-  _globals['_PULLTASKREQUEST']._serialized_start=410
-  _globals['_PULLTASKREQUEST']._serialized_end=449
-  _globals['_ARTIFACTREF']._serialized_start=451
-  _globals['_ARTIFACTREF']._serialized_end=494
-  _globals['_TASK']._serialized_start=497
-  _globals['_TASK']._serialized_end=780
-  _globals['_PULLTASKRESPONSE']._serialized_start=783
-  _globals['_PULLTASKRESPONSE']._serialized_end=957
-  _globals['_PULLTASKRESPONSE_STATUS']._serialized_start=888
-  _globals['_PULLTASKRESPONSE_STATUS']._serialized_end=957
-  _globals['_RESULTHEADER']._serialized_start=960
-  _globals['_RESULTHEADER']._serialized_end=1207
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=1161
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=1207
-  _globals['_RESULTCHUNK']._serialized_start=1209
-  _globals['_RESULTCHUNK']._serialized_end=1290
-  _globals['_PUSHRESULTRESPONSE']._serialized_start=1292
-  _globals['_PUSHRESULTRESPONSE']._serialized_end=1330
-  _globals['_FETCHARTIFACTREQUEST']._serialized_start=1332
-  _globals['_FETCHARTIFACTREQUEST']._serialized_end=1386
-  _globals['_ARTIFACTCHUNK']._serialized_start=1388
-  _globals['_ARTIFACTCHUNK']._serialized_end=1453
-  _globals['_FLEET']._serialized_start=1456
-  _globals['_FLEET']._serialized_end=1832
+  _globals['_REGISTERREQUEST']._serialized_end=136
+  _globals['_REGISTERRESPONSE']._serialized_start=139
+  _globals['_REGISTERRESPONSE']._serialized_end=285
+  _globals['_HEARTBEATREQUEST']._serialized_start=287
+  _globals['_HEARTBEATREQUEST']._serialized_end=322
+  _globals['_HEARTBEATRESPONSE']._serialized_start=324
+  _globals['_HEARTBEATRESPONSE']._serialized_end=423
+  _globals['_PULLTASKREQUEST']._serialized_start=425
+  _globals['_PULLTASKREQUEST']._serialized_end=464
+  _globals['_ARTIFACTREF']._serialized_start=466
+  _globals['_ARTIFACTREF']._serialized_end=509
+  _globals['_TASK']._serialized_start=512
+  _globals['_TASK']._serialized_end=795
+  _globals['_PULLTASKRESPONSE']._serialized_start=798
+  _globals['_PULLTASKRESPONSE']._serialized_end=972
+  _globals['_PULLTASKRESPONSE_STATUS']._serialized_start=903
+  _globals['_PULLTASKRESPONSE_STATUS']._serialized_end=972
+  _globals['_RESULTHEADER']._serialized_start=975
+  _globals['_RESULTHEADER']._serialized_end=1222
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=1176
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=1222
+  _globals['_RESULTCHUNK']._serialized_start=1224
+  _globals['_RESULTCHUNK']._serialized_end=1305
+  _globals['_PUSHRESULTRESPONSE']._serialized_start=1307
+  _globals['_PUSHRESULTRESPONSE']._serialized_end=1345
+  _globals['_FETCHARTIFACTREQUEST']._serialized_start=1347
+  _globals['_FETCHARTIFACTREQUEST']._serialized_end=1401
+  _globals['_ARTIFACTCHUNK']._serialized_start=1403
+  _globals['_ARTIFACTCHUNK']._serialized_end=1468
+  _globals['_FLEET']._serialized_start=1471
+  _globals['_FLEET']._serialized_end=1847
 # @@protoc_insertion_point(module_scope)

@@ -8,14 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("enrollment_token", "protocol_version", "name")
+    __slots__ = ("enrollment_token", "protocol_version", "name", "probe")
     ENROLLMENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FIELD_NUMBER: _ClassVar[int]
     enrollment_token: str
     protocol_version: int
     name: str
-    def __init__(self, enrollment_token: _Optional[str] = ..., protocol_version: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
+    probe: bool
+    def __init__(self, enrollment_token: _Optional[str] = ..., protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., probe: _Optional[bool] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("client_id", "credential", "run_id", "job_config", "protocol_version", "heartbeat_seconds")

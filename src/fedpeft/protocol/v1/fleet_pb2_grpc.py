@@ -65,7 +65,8 @@ class FleetServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Register(self, request, context):
-        """Enrollment token -> client id + credential + the job's configuration.
+        """Enrollment token -> client id + credential + the job's configuration. A full
+        federation answers RESOURCE_EXHAUSTED naming how many of how many clients are live.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
