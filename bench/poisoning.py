@@ -223,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
             "labelflip": "trains on 1 - y",
         },
         "malicious": "1 of the 5 clients of every round",
-        "job": base,
+        # data paths relative to the repository root, as a user would type them
+        "job": {
+            k: os.path.relpath(v, REPO) if k.startswith("data.") and isinstance(v, str) else v
+            for k, v in base.items()
+        },
         "runs": {},
     }
     workdir = Path(tempfile.mkdtemp(prefix="poisoning-"))
