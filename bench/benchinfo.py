@@ -75,3 +75,19 @@ class RunStamp:
             "load_avg_start": self.load_start,
             "load_avg_end": load_end if load_end is not None else os.getloadavg(),
         }
+
+
+def command_line() -> str:
+    """This process's command as run from the repository root (no machine paths)."""
+    import sys
+
+    def rel(arg: str) -> str:
+        path = Path(arg)
+        if path.is_absolute():
+            try:
+                return os.path.relpath(path, REPO)
+            except ValueError:
+                return arg
+        return arg
+
+    return " ".join(rel(a) for a in [sys.executable, *sys.argv])

@@ -162,6 +162,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from benchinfo import command_line  # bench/ is on sys.path (above)
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--partition",
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "fed_calibration",
         "setup": "bench/fed_accuracy.py's federation (dense fp32), --set: see runs[*].overrides",
         "runs": runs,
-        "command": " ".join([sys.executable, *sys.argv]),
+        "command": command_line(),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

@@ -160,9 +160,11 @@ def merge_section(path: Path, name: str, section: dict[str, Any]) -> None:
 
 
 def section_header(args: argparse.Namespace) -> dict[str, Any]:
+    from benchinfo import command_line  # bench/ is the script's folder
+
     return {
         "started": now(),
-        "command": " ".join([sys.executable, *sys.argv]),
+        "command": command_line(),
         "machine": machine_info(),
         "threads_requested": args.threads,
     }

@@ -38,7 +38,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchinfo import RunStamp
+from benchinfo import RunStamp, command_line
 from fed_accuracy import federated_examples, parse_set
 
 from fedpeft.cli.simulate import SIMULATE_DEFAULTS
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
                 # when SIMULATE_DEFAULTS equals this (tests/unit/test_docs.py checks it)
                 "settings": job_settings(args.overrides),
                 "threads": args.threads,
-                "command": " ".join([sys.executable, *sys.argv]),
+                "command": command_line(),
                 "source": header["source_before"],
                 "finished": header["finished"],
                 "machine": header["machine"],

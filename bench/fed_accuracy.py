@@ -532,6 +532,8 @@ def goals_over_seeds(by_suffix: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from benchinfo import command_line  # bench/ is the script's folder
+
     args = parse_args(argv)
     report = load_report(args.output)
     if not args.plot_only:
@@ -560,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
             if not args.keep_runs:
                 shutil.rmtree(workdir, ignore_errors=True)
         result["overrides"] = args.overrides
-        result["command"] = " ".join([sys.executable, *sys.argv])
+        result["command"] = command_line()
         report = load_report(args.output)  # merge with whatever finished meanwhile
         report["runs"][name + suffix] = result
         refresh(report)
