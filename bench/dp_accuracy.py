@@ -107,7 +107,7 @@ def run_one(
         "epsilon": summary.get("epsilon"),
         "dp_noise_multiplier": last.get("dp_noise_multiplier"),
         "dp_noise_std": last.get("dp_noise_std"),
-        "dp_clipped_fraction": [r.get("dp_clipped_fraction") for r in records],
+        "dp_unclipped_fraction_noised": [r.get("dp_unclipped_fraction_noised") for r in records],
         "train_loss": [r.get("train_loss") for r in records],
         "wall_seconds": time.perf_counter() - start,
         "load_avg_end": os.getloadavg(),

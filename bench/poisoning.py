@@ -22,7 +22,8 @@ sampler picks; it reports its true example count):
 Each attack runs with the defences off (``federation.update_norm_multiple = 0``: FedAvg of
 everything, what fedpeft did before), with the defaults (FedAvg, each update clipped to
 3× the cohort's median norm), and with the robust strategies ``fedmedian`` and
-``fedtrimmedavg`` (trim 0.2: one of five at each end). ``clean`` is the job without an
+``fedtrimmedavg`` (trim 0.2: one of five at each end), and with a tighter norm bound
+(``multiple2``: 2× the median). ``clean`` is the job without an
 attacker and with the defaults; ``clean-off`` without the defences (their cost). The JSON
 holds each run's final accuracy, its gap to ``clean``, the norm-clipping counts, the
 settings and the machine; ``goal_met`` says whether every attack with the defaults stays
@@ -72,10 +73,16 @@ SCALE = 100.0
 DEFENCES: dict[str, dict[str, Any]] = {
     "off": {"federation.update_norm_multiple": 0.0},
     "defaults": {},
+    # the one focused attempt at the goal: a tighter bound than the default 3x median
+    "multiple2": {"federation.update_norm_multiple": 2.0},
     "fedmedian": {"federation.strategy": "fedmedian"},
     "fedtrimmedavg": {"federation.strategy": "fedtrimmedavg", "federation.trim_fraction": 0.2},
 }
-RUNS: dict[str, tuple[str | None, str]] = {"clean": (None, "defaults"), "clean-off": (None, "off")}
+RUNS: dict[str, tuple[str | None, str]] = {
+    "clean": (None, "defaults"),
+    "clean-off": (None, "off"),
+    "clean-multiple2": (None, "multiple2"),
+}
 RUNS.update({f"{a}-{d}": (a, d) for a in ATTACKS for d in DEFENCES})
 TOLERANCE = 0.02  # the goal: every attack with the defaults within 2 points of clean
 

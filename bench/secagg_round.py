@@ -13,7 +13,13 @@ so that the machine's load hits every side alike:
 * ``secagg``: SecAgg+ (dense, auto bits), no dropouts;
 * ``secagg_drop``: SecAgg+ with 20% of each cohort vanishing after masking;
 * ``compeft``: plain ComPEFT density 0.1 (the compressed baseline);
-* ``secagg_compeft``: SecAgg+ with a shared 10% coordinate subset.
+* ``secagg_compeft``: SecAgg+ with a shared 10% coordinate subset;
+* ``ccvr`` / ``secagg_ccvr``: classifier calibration after the last round, plain (the
+  statistics in the clear) and through a secure round of its own (masked sums).
+
+Under SecAgg the clients' learning report (loss, steps, examples, clipped coordinates)
+rides inside every masked vector: its cost is in ``secagg_bits_per_coordinate`` and
+``bytes_up``; ``metric_coordinates`` records how many integers it adds.
 
 Reported per run: mean round seconds (rounds 2..R: round 1 also pays for tokenising),
 seconds per SecAgg stage, bytes up / down per round, bits per coordinate, final eval
@@ -50,7 +56,16 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "secagg_drop": {"secagg.enabled": True, "secagg.dropout_rate": 0.2},
     "compeft": {"codec.name": "compeft", "codec.density": 0.1},
     "secagg_compeft": {"secagg.enabled": True, "codec.name": "compeft", "codec.density": 0.1},
+    "ccvr": {"federation.calibration": "ccvr"},
+    "secagg_ccvr": {"secagg.enabled": True, "federation.calibration": "ccvr"},
 }
+CALIBRATION_KEYS = (
+    "calibration_seconds",
+    "calibration_bytes_up",
+    "calibration_bytes_down",
+    "calibration_clients",
+    "calibration_failed",
+)
 BASE = {
     "federation.clients": 50,
     "federation.clients_per_round": 10,
@@ -86,9 +101,37 @@ def one_run(name: str, rounds: int, out: Path) -> dict[str, Any]:
         values = [r[key] for r in records if key in r]
         if values:
             result[key] = statistics.mean(values)
+    last = records[-1]
+    for key in CALIBRATION_KEYS:  # CCVR runs once, after the last round
+        if key in last:
+            result[key] = last[key]
+    if "secagg_levels" in last:
+        result["metric_coordinates"] = _metric_coordinates(last)
     if any("secagg_dropped" in r for r in records):
         result["secagg_dropped"] = [r["secagg_dropped"] for r in records]
     return result
+
+
+def _metric_coordinates(record: dict[str, Any]) -> int:
+    """Integers the learning report adds to each masked vector at this round's levels (at
+    most: the cap is bounded by the round's total examples)."""
+    from fedpeft.privacy.secagg.updates import SecureEncoding
+
+    enc = SecureEncoding(
+        names=("x",),
+        sizes=(int(record["secagg_coordinates_sent"]),),
+        density=1.0,
+        subset_seed=0,
+        levels=int(record["secagg_levels"]),
+        clip_range=1.0,
+        weight_cap=1,
+        bits=int(record["secagg_bits"]),
+        uniform_weights=True,
+        with_sq_norm=False,
+        metrics=True,
+        examples_cap=max(1, int(record.get("train_examples", 1))),
+    )
+    return sum(enc.metric_digits().values())
 
 
 def main() -> None:
@@ -120,8 +163,14 @@ def main() -> None:
         ("secagg_drop", "plain"),
         ("secagg_compeft", "plain"),
         ("secagg_compeft", "compeft"),
+        ("secagg_ccvr", "ccvr"),
     ):
-        for key in ("mean_round_seconds_after_first", "bytes_up_per_round"):
+        for key in (
+            "mean_round_seconds_after_first",
+            "bytes_up_per_round",
+            "calibration_seconds",
+            "calibration_bytes_up",
+        ):
             a, b = mean_of(secure, key), mean_of(base, key)
             if a is not None and b:
                 ratios[f"{secure}/{base} {key}"] = a / b

@@ -136,13 +136,14 @@ class NumpyClientApp:
         # an honest client reports its shard's size (the engine caps it by the largest)
         n = len(task.indices) if task.indices is not None else self.num_examples(task.client_id)
         ctx = ModContext(task.client_id, task.round, n, state)
-        payload = self.sender.encode(task, delta, ctx)
+        # as LoraClientApp: under SecAgg the learning report travels masked, nothing clear
+        payload = self.sender.encode(task, delta, ctx, {"train_loss": 1.0, "train_steps": 1.0})
         return TrainResult(
             task.round,
             task.client_id,
             num_examples=0 if task.secagg else n,
             payload=payload,
-            metrics={"train_loss": 1.0, **ctx.info},
+            metrics=self.sender.clear_metrics(task, {"train_loss": 1.0, **ctx.info}),
             state=state,
             worker=self.name,
         )
@@ -211,10 +212,14 @@ def engine_for(
     from fedpeft.coordinator.sampling import ClientSampler
     from fedpeft.protocol.codecs import downlink_codec, uplink_codec
     from fedpeft.rundir import RunDir
+    from fedpeft.simulation.client_store import CLIENTS_DIR, stateful_factory
     from fedpeft.simulation.dropout import DropoutBackend
     from fedpeft.simulation.inprocess import InProcessBackend
 
-    backend: Any = InProcessBackend(lambda _name: app)
+    # each client's own state stays on the client side, as in run_simulation
+    backend: Any = InProcessBackend(
+        stateful_factory(lambda _name: app, Path(cfg.output) / CLIENTS_DIR)
+    )
     if dropout is not None:
         backend = DropoutBackend(backend, dropout[0], dropout[1], seed=0)
     spy = Spy(backend)

@@ -57,7 +57,9 @@ RUN_FILES = (
     "privacy.db-shm",
     "privacy.db-journal",
 )
-RUN_FOLDERS = ("adapter", "checkpoint", ".checkpoint.old", ".checkpoint.tmp")
+#: a simulation's virtual clients keep their own state here (fedpeft.simulation.client_store)
+CLIENTS_DIR = "clients"
+RUN_FOLDERS = ("adapter", "checkpoint", ".checkpoint.old", ".checkpoint.tmp", CLIENTS_DIR)
 
 
 def new_run_id() -> str:

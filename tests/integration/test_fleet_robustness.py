@@ -435,3 +435,122 @@ def test_plaintext_to_a_remote_host_names_tls_ca(tmp_path: Path) -> None:
     missing = DaemonOptions("example.org:50051", "x", tmp_path, tls_ca=tmp_path / "no-ca.pem")
     with pytest.raises(ConfigError, match=r"--tls-ca.*no-ca\.pem"):
         Connection(missing)
+
+
+# ---- expiry and the live cap survive a coordinator restart -----------------------------
+def served(call: Any, within: float = 5.0) -> Any:
+    """``call()``, retried while the restarted server is not reachable yet (UNAVAILABLE),
+    as a daemon's backoff would."""
+    end = time.monotonic() + within
+    while True:
+        try:
+            result = call()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > end:
+                raise
+            time.sleep(0.1)
+            continue
+        if result != grpc.StatusCode.UNAVAILABLE or time.monotonic() > end:
+            return result
+        time.sleep(0.1)
+
+
+def test_an_expired_registration_stays_expired_after_a_restart(make: Any, tmp_path: Path) -> None:
+    """A squatter whose registration expired cannot come back by waiting for a restart:
+    its credential stays void and its row is gone from the state database."""
+    coord = make(replace(BASE, ready_within_seconds=1.0))
+    squatter, cid = coord.enrolled(tmp_path, "squatter")
+    squatter.heartbeat()
+    time.sleep(1.3)
+    assert code_of(squatter.heartbeat) == grpc.StatusCode.UNAUTHENTICATED
+    coord.restart()  # the same --state
+    # mutation caught: expiry kept in memory only (Fleet.expire not calling remove_client)
+    assert served(lambda: code_of(squatter.heartbeat)) == grpc.StatusCode.UNAUTHENTICATED
+    assert cid not in coord.fleet.store.client_ids()
+    assert coord.fleet.store.count_clients() == 0
+
+
+def test_registrations_expire_on_their_original_schedule_across_a_restart(
+    make: Any, tmp_path: Path
+) -> None:
+    """A restart does not give a squatter a fresh ``ready_within_seconds``: it expires when
+    it would have without the restart, and the real client then gets its slot."""
+    coord = make(replace(BASE, max_clients=1, ready_within_seconds=3.0))
+    squatter = Squatter(coord, tmp_path)  # keeps heart-beating through the restart
+    registered = time.monotonic()
+    try:
+        time.sleep(1.8)
+        coord.restart()
+        real = coord.connect(tmp_path)
+        # the squatter is live (it still heart-beats) and not yet expired: the cap holds
+        refused = served(lambda: code_of(lambda: real.register("", "real")))
+        assert refused == grpc.StatusCode.RESOURCE_EXHAUSTED
+        time.sleep(max(0.0, registered + 3.5 - time.monotonic()))
+        # mutation caught: counting expiry from the first call after the restart (the
+        # squatter would hold its slot until ~4.8 s)
+        reg = real.register("", "real")
+        assert reg.client_id > 0 and reg.client_id != squatter.client_id
+    finally:
+        squatter.close()
+    assert grpc.StatusCode.UNAUTHENTICATED in squatter.refused
+    assert squatter.client_id not in coord.fleet.store.client_ids()
+
+
+def test_a_client_ready_before_a_restart_never_expires(make: Any, tmp_path: Path) -> None:
+    """A daemon that asked for work before the crash and then trains a long task (it only
+    heart-beats, it does not pull) keeps its registration after the restart."""
+    coord = make(replace(BASE, ready_within_seconds=1.0))
+    daemon, cid = coord.enrolled(tmp_path, "trainer")
+    assert daemon.pull(0).status is wire.PullStatus.NO_TASK  # ready
+    coord.restart()
+    served(daemon.heartbeat)
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:  # training: heartbeats only, twice ready_within
+        # mutation caught: readiness kept in memory only (take_task not calling
+        # mark_ready): the restarted coordinator expires the trainer mid-task
+        daemon.heartbeat()
+        time.sleep(0.2)
+    assert cid in coord.fleet.store.client_ids()
+    assert daemon.pull(0).status is wire.PullStatus.NO_TASK
+
+
+def test_the_cap_counts_clients_live_before_a_restart(make: Any, tmp_path: Path) -> None:
+    """Right after a restart the clients that were live a moment before still hold their
+    slots (they reconnect within seconds); a newcomer cannot take one meanwhile. Once a
+    silent one is past ``liveness_seconds`` its slot is free."""
+    coord = make(replace(BASE, max_clients=1))
+    daemon, _ = coord.enrolled(tmp_path, "live")
+    daemon.pull(0)
+    time.sleep(BASE.heartbeat_seconds + 0.1)
+    daemon.heartbeat()  # its last call before the crash reaches the store
+    coord.restart()
+    newcomer = coord.connect(tmp_path)
+    # mutation caught: a restarted fleet that does not read last_seen back (live = 0)
+    with pytest.raises(grpc.RpcError) as full:
+        served(lambda: newcomer.register("", "newcomer"))
+    assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert full.value.details() == "the federation is full: 1 of 1 clients live"
+    time.sleep(BASE.liveness_seconds + 0.3)  # the old client never came back
+    assert newcomer.register("", "newcomer").client_id > 0
+
+
+def test_a_round_run_again_after_a_restart_keeps_the_clients_it_accepted(
+    make: Any, tmp_path: Path
+) -> None:
+    """The coordinator dies mid-round after accepting client A's update. Run again, the
+    round must count A's stored update, not draw a new cohort that leaves it out (its
+    work acknowledged, stored and never aggregated)."""
+    from fedpeft.coordinator.grpc_backend import LiveClientSampler
+
+    coord = make()
+    done, a = coord.enrolled(tmp_path, "answered")
+    others = [coord.enrolled(tmp_path, f"other{i}") for i in range(3)]
+    coord.fleet.post(task_for(a), time.monotonic() + 60, time.monotonic())
+    task = done.pull(1).task
+    assert task is not None and done.push(header(task, b"done"), b"done")
+    coord.restart()
+    for conn, _ in others:  # ready after the restart; A is not (it has nothing to do)
+        served(lambda conn=conn: conn.pull(0))
+    sampler = LiveClientSampler(coord.fleet, 1, seed=0, wait_timeout=2)
+    assert coord.fleet.store.held_results(1) == [a]
+    assert sampler.sample(1) == [a]

@@ -491,5 +491,7 @@ def test_a_client_without_the_base_adapter_gets_full_weights(
     conn.push(header(second, b"update"), b"update")
     runner.join(10)
     (result,) = out
+    # the client now holds the task's version; what that is the engine knows from what
+    # it sent (Downlink.held_after): nothing of the client's own state comes back
     assert result.ok and result.state is not None
-    np.testing.assert_array_equal(result.state.held["w"], expected["w"])
+    assert result.state.version == 1 and result.state.held is None

@@ -162,3 +162,129 @@ def test_simulate_offsite_causal_lm_reports_both_perplexities(tmp_path: Path) ->
     (record,) = RunDir(cfg.output).read_metrics()
     assert {"eval_loss", "eval_perplexity", "emulator_loss", "emulator_perplexity"} <= set(record)
     assert record["eval_perplexity"] != record["emulator_perplexity"]
+
+
+# ---- tiered federation: full-backbone and emulator clients in one cohort ---------------------
+def _alpaca(path: Path, rows: int = 24) -> Path:
+    import json
+
+    path.write_text(
+        json.dumps(
+            [
+                {"instruction": f"Say the number {i}.", "input": "", "output": f"It is {i}."}
+                for i in range(rows)
+            ]
+        )
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("offsite-tiers")
+    backbone = make_tiny_backbone(root / "llama", "llama")
+    build_emulator(str(backbone), root / "emu", adapter_blocks=1, keep_middle=2)
+    return backbone, root / "emu", _alpaca(root / "alpaca.json")
+
+
+def assert_tiers_recorded(cfg: JobConfig, records: list[dict[str, Any]]) -> None:
+    """Every round line counts each tier among the round's results, from the clients' own
+    reports: a tier is > 0 exactly when a client of that tier was in the cohort."""
+    from fedpeft.client.factory import job_tiers
+    from fedpeft.coordinator.sampling import ClientSampler
+
+    fed = cfg.federation
+    full = job_tiers(cfg)
+    sampler = ClientSampler(fed.clients, fed.clients_per_round, fed.sampling, cfg.train.seed)
+    for record in records:
+        cohort = sampler.sample(record["round"])
+        assert record["clients_ok"] == len(cohort)
+        # counts: how many of the round's results came from each tier
+        assert record["tier_full"] == sum(c in full for c in cohort), record
+        assert record["tier_emulator"] == sum(c not in full for c in cohort), record
+
+
+def test_tiered_simulation_with_compeft_chain_downlink(
+    tiny_llama: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Half the clients train on the full backbone, half on the emulator, one cohort;
+    ComPEFT uplink and the chain downlink; plug-in and emulator perplexity every round."""
+    backbone, emulator, data = tiny_llama
+    cfg = ot_job(
+        data,
+        backbone,
+        emulator,
+        tmp_path / "run",
+        **{
+            "federation.full_model_fraction": 0.5,
+            "federation.rounds": 3,
+            "codec.name": "compeft",
+            "codec.downlink": "chain",
+        },
+    )
+    summary = run_simulation(cfg, export=False)
+    records = RunDir(cfg.output).read_metrics()
+    assert [r["round"] for r in records] == [1, 2, 3]
+    for record in records:
+        assert "round_failed" not in record, record
+        assert {"eval_perplexity", "emulator_perplexity", "tier_full", "tier_emulator"} <= set(
+            record
+        )
+    assert_tiers_recorded(cfg, records)
+    assert any(r["tier_full"] > 0 for r in records) and any(r["tier_emulator"] > 0 for r in records)
+    assert "final_eval_perplexity" in summary
+
+
+@pytest.mark.slow
+def test_tiered_offsite_under_central_dp(
+    tiny_bert: tuple[Path, Path], tiny_text_file: Path, tmp_path: Path
+) -> None:
+    """DP clips and noises the tiered cohort's updates like any other: epsilon is spent
+    and the tiers are still recorded."""
+    backbone, emulator = tiny_bert
+    cfg = ot_job(
+        tiny_text_file,
+        backbone,
+        emulator,
+        tmp_path / "run",
+        **{
+            "federation.full_model_fraction": 0.5,
+            "federation.clients": 6,
+            "federation.clients_per_round": 3,
+            "federation.rounds": 1,
+            "dp.noise_multiplier": 0.8,
+            "dp.clip": 0.5,
+            "dp.delta": 1e-3,
+        },
+    )
+    run_simulation(cfg, export=False)
+    records = RunDir(cfg.output).read_metrics()
+    assert len(records) == 1 and all("round_failed" not in r for r in records)
+    assert records[-1]["epsilon"] > 0
+    assert_tiers_recorded(cfg, records)
+
+
+def test_tiered_offsite_under_secagg(
+    tiny_bert: tuple[Path, Path], tiny_text_file: Path, tmp_path: Path
+) -> None:
+    """Secure aggregation sums the tiered cohort's masked updates: the rounds aggregate and
+    the plug-in model is evaluated."""
+    backbone, emulator = tiny_bert
+    cfg = ot_job(
+        tiny_text_file,
+        backbone,
+        emulator,
+        tmp_path / "run",
+        **{
+            "federation.full_model_fraction": 0.5,
+            "federation.clients": 6,
+            "federation.clients_per_round": 3,
+            "federation.rounds": 1,
+            "secagg.enabled": True,
+        },
+    )
+    run_simulation(cfg, export=False)
+    (record,) = RunDir(cfg.output).read_metrics()
+    assert "round_failed" not in record, record
+    assert record["secagg_survivors"] == 3
+    assert {"eval_accuracy", "emulator_accuracy"} <= set(record)

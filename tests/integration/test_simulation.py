@@ -164,11 +164,15 @@ def test_compressed_uplink_and_delta_downlink(tmp_path: Path, tiny_text_file: Pa
     assert r1["bytes_up"] < 3 * 4 * n_params / 40  # ≥ 40x smaller than fp32
     assert r1["bytes_down"] > 3 * 4 * n_params  # first contact: full fp32 weights
     assert r2["bytes_down"] < r1["bytes_down"] / 20  # then compressed deltas
-    # error-feedback residuals are kept per client and checkpointed
+    # error-feedback residuals stay with each client (run/clients/<id>/); the
+    # coordinator's checkpoint keeps only what it sent each client
     from safetensors.numpy import load_file as load
 
-    clients = load(str(tmp_path / "run" / "checkpoint" / "clients.safetensors"))
-    assert any("/residual/" in k for k in clients) and any("/held/" in k for k in clients)
+    for cid in range(3):
+        last = tmp_path / "run" / "clients" / str(cid) / "v1.safetensors"
+        assert {k.split("/")[0] for k in load(str(last))} == {"held", "residual"}
+    sent = load(str(tmp_path / "run" / "checkpoint" / "sent.safetensors"))
+    assert sent and not (tmp_path / "run" / "checkpoint" / "clients.safetensors").exists()
 
 
 def test_ccvr_calibrates_minilm_classifier(tmp_path: Path, tiny_text_file: Path) -> None:

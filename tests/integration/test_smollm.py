@@ -43,3 +43,33 @@ def test_smollm2_instruction_tuning_and_export(tmp_path: Path) -> None:
 
     base = AutoModelForCausalLM.from_pretrained(info["base_model"])
     PeftModel.from_pretrained(base, str(tmp_path / "adapter"))
+
+
+def test_smollm2_federated_job_works_out_of_the_box(tmp_path: Path) -> None:
+    """The issue-28 job at its smallest: no --eval-data, no partition or LLM settings
+    given (the causal-LM defaults and the seeded held-out split fill them in), the
+    label-free cluster partition, perplexity every round, then `fedpeft generate`."""
+    from fedpeft.simulation import run_simulation
+    from fedpeft.training.setup import with_task_defaults
+
+    alpaca = shared_data("alpaca", "alpaca_5000.json")
+    given = {
+        "model.name": "smollm2-135m",
+        "data.train": str(alpaca),
+        "data.max_eval_examples": 8,
+        "federation.clients": 4,
+        "federation.clients_per_round": 2,
+        "federation.rounds": 1,
+        "federation.partition": "cluster",
+        "train.max_steps": 2,
+        "output": str(tmp_path / "run"),
+    }
+    cfg, applied, _ = with_task_defaults(JobConfig().replace(given), set(given))
+    assert applied["data.max_length"] == 256 and "federation.partition" not in applied
+    summary = run_simulation(cfg)
+    assert summary["eval_examples"] == 8
+    assert summary["final_eval_perplexity"] < summary["initial_eval_perplexity"]
+    from fedpeft.training.generate import generate_texts, load_for_generation
+
+    model, tokenizer, _ = load_for_generation(tmp_path / "run")
+    assert generate_texts(model, tokenizer, ["Name a colour."], max_new_tokens=8)[0]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fedpeft.data.partition import PARTITIONERS, describe, partition
+from fedpeft.data.partition import PARTITIONERS, describe, kmeans_groups, partition
 from fedpeft.errors import ConfigError, DataError
 
 PROPERTY_SETTINGS = settings(
@@ -52,7 +52,8 @@ def run(problem: dict[str, Any]) -> list[np.ndarray]:
     try:
         return partition(labels, **args)
     except DataError as e:
-        assert args["scheme"] == "dirichlet" and args["min_size"] > 0, str(e)
+        # cluster is dirichlet over k-means groups: it may fall short the same way
+        assert args["scheme"] in ("dirichlet", "cluster") and args["min_size"] > 0, str(e)
         assert "min_size" in str(e)
         assume(False)
         raise  # unreachable: assume(False) aborts the example
@@ -168,7 +169,14 @@ def test_registry_names_the_schemes_and_imports_neither_torch_nor_config() -> No
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
-    assert out.stdout.split() == ["['iid',", "'dirichlet',", "'shards']", "False", "False"]
+    assert out.stdout.split() == [
+        "['iid',",
+        "'dirichlet',",
+        "'shards',",
+        "'cluster']",
+        "False",
+        "False",
+    ]
 
 
 def test_string_labels_and_scheme_strings() -> None:
@@ -236,3 +244,46 @@ def test_describe_with_num_classes_counts_absent_classes() -> None:
     assert info["label_histograms"] == [[1, 0, 1, 0], [0, 0, 1, 0]]
     with pytest.raises(ConfigError):
         describe([np.array([0])], labels, num_classes=2)
+
+
+@st.composite
+def embedded(draw: st.DrawFn) -> dict[str, Any]:
+    """Random sentence-embedding-like rows, a cluster count, clients and a seed."""
+    n = draw(st.integers(2, 60))
+    dim = draw(st.integers(2, 6))
+    seed = draw(st.integers(0, 2**16))
+    rows = np.random.default_rng(seed).normal(size=(n, dim))
+    return {
+        "rows": rows,
+        "clusters": draw(st.integers(1, 8)),
+        "num_clients": draw(st.integers(1, min(n, 10))),
+        "alpha": draw(st.sampled_from([0.1, 0.5, 5.0])),
+        "seed": draw(st.integers(0, 1000)),
+    }
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(embedded())
+def test_cluster_partition_assigns_every_example_once_deterministically(
+    problem: dict[str, Any],
+) -> None:
+    """k-means groups, then Dirichlet over them: every example lands on exactly one
+    client, the same inputs give the same shards, and every shard is non-empty (or the
+    draw is refused, naming the clients)."""
+    rows, seed = problem["rows"], problem["seed"]
+    groups = kmeans_groups(rows, problem["clusters"], seed=seed)
+    assert groups.shape == (rows.shape[0],)
+    assert set(groups.tolist()) == set(range(min(problem["clusters"], rows.shape[0]))) or (
+        len(set(groups.tolist())) <= problem["clusters"]  # duplicate rows may merge
+    )
+    args = (groups, problem["num_clients"], "cluster")
+    try:
+        parts = partition(*args, alpha=problem["alpha"], seed=seed, min_size=1)
+    except DataError as exc:
+        assert "below min_size=1" in str(exc)
+        return
+    assert sorted(np.concatenate(parts).tolist()) == list(range(rows.shape[0]))
+    assert all(len(p) >= 1 for p in parts) and len(parts) == problem["num_clients"]
+    again = partition(*args, alpha=problem["alpha"], seed=seed, min_size=1)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+    assert np.array_equal(groups, kmeans_groups(rows, problem["clusters"], seed=seed))

@@ -291,3 +291,56 @@ def test_acceptance_command(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(argv, capsys)
     assert code == 0
     assert "0.7353" in out and "7.52" in out and "none of these clients" in out
+
+
+def test_a_dp_run_states_its_plan_before_round_one(tmp_path: Path, tiny_text_file: Path) -> None:
+    """The line at the start of a DP run: the run's own z and the ratio of the noise's
+    norm on the mean update to the clip, z · 2 · √d / k under fixed cohorts."""
+    import math
+
+    from fedpeft.simulation import run_simulation
+    from tests.conftest import NumpyClientApp, small_job
+
+    cfg = small_job(tiny_text_file, tmp_path / "run", 1, clients=4).replace(
+        {
+            "federation.clients_per_round": 4,
+            "dp.mode": "central",
+            "dp.noise_multiplier": 1.0,
+            "dp.delta": 1e-3,
+        }
+    )
+    app = NumpyClientApp(cfg)
+    lines: list[str] = []
+    run_simulation(cfg, app_factory=lambda _name: app, export=False, on_plan=lines.append)
+    (line,) = lines
+    d = sum(math.prod(s) for s in app.SHAPES.values())
+    assert "noise multiplier z = 1 " in line and f"d {d:,}" in line
+    assert f"{1.0 * 2 * math.sqrt(d) / 4:.3g}x the clip" in line
+
+
+def test_a_fixed_noise_multiplier_means_the_same_in_both_modes(
+    tmp_path: Path, tiny_text_file: Path
+) -> None:
+    """``dp.noise_multiplier`` is dp-accounting's z in central and distributed mode alike:
+    the run reports the z it was given (a distributed run once reported half of it)."""
+    from fedpeft.rundir import RunDir
+    from fedpeft.simulation import run_simulation
+    from tests.conftest import NumpyClientApp, small_job
+
+    reported = {}
+    for mode in ("central", "distributed"):
+        cfg = small_job(tiny_text_file, tmp_path / mode, 1, clients=4).replace(
+            {
+                "federation.clients_per_round": 4,
+                "dp.mode": mode,
+                "dp.noise_multiplier": 1.5,
+                "dp.delta": 1e-3,
+                "secagg.enabled": mode == "distributed",
+            }
+        )
+        app = NumpyClientApp(cfg)
+        run_simulation(cfg, app_factory=lambda _name, app=app: app, export=False)
+        (record,) = RunDir(cfg.output).read_metrics()
+        reported[mode] = record["dp_noise_multiplier"]
+    assert reported["central"] == pytest.approx(1.5)
+    assert reported["distributed"] == pytest.approx(1.5, rel=0.02)

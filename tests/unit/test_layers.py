@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"training", "export"},
     {"client", "coordinator"},
     {"simulation"},
+    {"audit"},
     {"cli"},
 ]
 #: Layers side by side that must not import each other: the edge never imports the server.

@@ -122,6 +122,64 @@ def test_discard_removes_only_a_database_this_process_created(tmp_path: Path) ->
     kept.close()
 
 
+def test_an_expired_clients_id_is_never_given_to_a_newcomer(tmp_path: Path) -> None:
+    """Results are keyed by client id: a newcomer must not inherit a removed client's id
+    (SQLite reuses the highest rowid once its row is deleted), not even after a reopen."""
+    store = Store(tmp_path / "state.db")
+    first, squatter = store.add_client("h1", "a", 1.0), store.add_client("h2", "b", 2.0)
+    assert store.remove_client(squatter) and not store.remove_client(squatter)
+    store.close()
+    store = Store(tmp_path / "state.db")
+    # mutation caught: INSERT without an explicit id (the newcomer gets the squatter's id)
+    newcomer = store.add_client("h3", "c", 3.0)
+    assert newcomer not in (first, squatter) and newcomer > squatter
+    assert store.client_token_hash(squatter) is None
+    assert store.client_ids() == [first, newcomer]
+    store.close()
+
+
+def test_readiness_and_last_seen_are_kept_for_a_restart(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    ready, waiting = store.add_client("h1", "a", 10.0), store.add_client("h2", "b", 20.0)
+    store.mark_ready(ready, 11.0)
+    store.touch_clients({waiting: 50.0})
+    store.close()
+    store = Store(tmp_path / "state.db")
+    assert store.unready_clients() == {waiting: 20.0}  # registration time, not last seen
+    assert store.seen_since(40.0) == {waiting: 50.0}
+    store.close()
+
+
+def test_a_schema_1_database_is_upgraded_with_its_clients_taken_as_ready(tmp_path: Path) -> None:
+    """A state database written before readiness was recorded: its clients are kept and
+    never expired by the upgrade (one of them may be a daemon training a long task)."""
+    from fedpeft.coordinator.store import APPLICATION_ID
+
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "CREATE TABLE clients (id INTEGER PRIMARY KEY, token_hash TEXT NOT NULL, name TEXT NOT "
+        "NULL DEFAULT '', registered_at REAL NOT NULL, last_seen REAL NOT NULL);"
+        "CREATE TABLE rounds (round INTEGER PRIMARY KEY, status TEXT, started_at REAL, "
+        "finished_at REAL, record TEXT);"
+        "CREATE TABLE results (round INTEGER, kind TEXT, client_id INTEGER, x TEXT);"
+        "CREATE TABLE artifacts (sha256 TEXT PRIMARY KEY);"
+        "INSERT INTO meta VALUES ('run_id', 'r1');"
+        "INSERT INTO clients (token_hash, registered_at, last_seen) VALUES ('h', 5.0, 6.0);"
+    )
+    db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    store = Store(path)
+    assert store.run_id == "r1" and store.client_ids() == [1]
+    assert store.unready_clients() == {}
+    assert store._query("PRAGMA user_version")[0][0] == 2
+    store.close()
+    assert Store(path).client_ids() == [1]  # opened again: no second upgrade
+
+
 # ---- which run a folder holds ------------------------------------------------------------
 def test_a_fresh_run_refuses_another_runs_folder_and_force_removes_only_run_files(
     tmp_path: Path,

@@ -9,6 +9,18 @@ import typer
 from fedpeft.cli.common import log_to_stderr
 from fedpeft.errors import ConfigError
 
+POLICY = "Privacy policy (the data owner's floor)"
+
+
+def _help(name: str) -> str:
+    """A policy flag's help: the ``[client.policy]`` field's own."""
+    from dataclasses import fields
+
+    from fedpeft.config.client import ClientPolicy
+
+    return next(f.metadata["help"] for f in fields(ClientPolicy) if f.name == name)
+
+
 client_app = typer.Typer(
     help="Run a client daemon that trains for a coordinator (the data owner's side).",
     no_args_is_help=True,
@@ -49,9 +61,45 @@ def run(
         help="stop after the coordinator refused this many times in a row for lack of room "
         "(the federation is full)",
     ),
+    policy_file: Path | None = typer.Option(
+        None,
+        "--policy",
+        help="TOML file with a \\[client.policy] table: the privacy floor every task must meet "
+        "(the flags below override it)",
+        rich_help_panel=POLICY,
+    ),
+    require_secagg: bool | None = typer.Option(
+        None,
+        "--require-secagg/--no-require-secagg",
+        help=_help("require_secagg"),
+        show_default=False,
+        rich_help_panel=POLICY,
+    ),
+    min_cohort: int | None = typer.Option(
+        None, "--min-cohort", help=_help("min_cohort"), rich_help_panel=POLICY
+    ),
+    max_epsilon: float | None = typer.Option(
+        None, "--max-epsilon", help=_help("max_epsilon"), rich_help_panel=POLICY
+    ),
+    max_delta: float | None = typer.Option(
+        None, "--max-delta", help=_help("max_delta"), rich_help_panel=POLICY
+    ),
+    min_noise_multiplier: float | None = typer.Option(
+        None,
+        "--min-noise-multiplier",
+        help=_help("min_noise_multiplier"),
+        rich_help_panel=POLICY,
+    ),
+    allowed_codecs: str | None = typer.Option(
+        None,
+        "--allowed-codecs",
+        help=_help("allowed_codecs") + " (comma-separated)",
+        rich_help_panel=POLICY,
+    ),
 ) -> None:
     """Register with a coordinator and train for it until the run is over."""
     from fedpeft.client.daemon import DaemonOptions, parse_shard, run_daemon
+    from fedpeft.config.client import ClientPolicy, load_policy
 
     if ":" not in coordinator:
         raise ConfigError("--coordinator", f"must be HOST:PORT, got {coordinator!r}")
@@ -71,6 +119,16 @@ def run(
         threads=threads,
         max_rss_mb=max_rss_mb,
         max_refusals=max_refusals,
+        policy=(load_policy(policy_file) if policy_file else ClientPolicy()).replace(
+            require_secagg=require_secagg,
+            min_cohort=min_cohort,
+            max_epsilon=max_epsilon,
+            max_delta=max_delta,
+            min_noise_multiplier=min_noise_multiplier,
+            allowed_codecs=None
+            if allowed_codecs is None
+            else tuple(c.strip() for c in allowed_codecs.split(",") if c.strip()),
+        ),
     )
     log_to_stderr()
     raise typer.Exit(run_daemon(opts))

@@ -151,6 +151,10 @@ def serve(
     cfg = resolve_config(config, overrides, JOB_DEFAULTS)
     if config is None and "output" not in overrides:
         raise ConfigError("--output", "name the run folder (metrics.jsonl, adapter, checkpoint)")
+    # a causal-LM job gets the LLM defaults simulate gives it (the daemons get the job)
+    from fedpeft.cli.simulate import task_defaults
+
+    cfg, _ = task_defaults(cfg, overrides, config)
     tls = _tls_files(tls_cert, tls_key, tls_ca)
     # plaintext listens on loopback only: without a token, enrolment is open to this machine
     open_enrollment = open_enrollment or (insecure_localhost and not enrollment_token)

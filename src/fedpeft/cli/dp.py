@@ -147,12 +147,14 @@ def run_plan_line(cfg: JobConfig) -> str | None:
         if exc.field != "dimension":
             raise
         return "DP plan: run `fedpeft dp plan --dim N` with this job's update size N to see it"
-    return make_plan(plan_settings(cfg, dim)).summary()
+    # one calibration, the run's own; the cohort search is `fedpeft dp plan`'s (minutes)
+    return make_plan(plan_settings(cfg, dim), search=False).summary()
 
 
 def plan_table(result: DpPlan) -> Table:
     """The plan's numbers, one per row."""
     s, found = result.settings, result.search
+    assert found is not None, "dp plan always searches"
     table = Table(title=f"DP plan: {s.mode}, {s.sampling} sampling", show_header=False)
     table.add_column("quantity")
     table.add_column("value", justify="right")

@@ -54,6 +54,12 @@ def _register() -> None:
     coordinator.register(app)
     client.register(app)
     dp.register(app)
+    from fedpeft.cli import generate  # try a causal-LM run's adapter
+
+    generate.register(app)
+    from fedpeft.cli import audit  # attacks on what the coordinator holds
+
+    audit.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,11 @@ def simulate(
     An --output that holds a run already is refused unless --force (--resume continues
     the run its folder holds)."""
     cfg = _simulate_config(overrides, config, resume)
+    causal = False
+    if resume is None:  # a resumed run keeps the config its folder holds
+        cfg, causal = task_defaults(cfg, overrides, config, announce=not print_config)
+    else:
+        causal = RunDir(resume).meta().get("task") == "causal_lm"
     if print_config:
         print_config_and_exit(cfg)
     if resume is not None and force:
@@ -56,13 +62,18 @@ def simulate(
     if resume is None:
         run.check_claim(new_run_id(), force=force)  # before any file is written
     cap = cfg.data.max_eval_examples
+    if causal and not cfg.data.eval and cfg.data.holdout:
+        console.print(
+            f"no --eval-data: holding out {cfg.data.holdout:g} of {cfg.data.train} (at most "
+            f"500 examples, seeded by train.seed; data.holdout) for evaluation"
+        )
     console.print(
         f"evaluating on the first {cap} held-out examples (data.max_eval_examples; "
         "--max-eval-examples to change, 0 for all)"
         if cap
         else "evaluating on every held-out example"
     )
-    summary = _run_with_display(cfg, resume is not None, tensorboard, force)
+    summary = _run_with_display(cfg, resume is not None, tensorboard, force, causal)
     _print_summary(summary, cfg)
 
 
@@ -77,20 +88,63 @@ def _simulate_config(
     return RunDir(resume).config().replace({**overrides, "output": str(resume)})
 
 
+def task_defaults(
+    cfg: JobConfig, overrides: dict[str, Any], config: Path | None, *, announce: bool = True
+) -> tuple[JobConfig, bool]:
+    """A causal-LM job's defaults (fedpeft.training.setup.CAUSAL_LM_DEFAULTS) where neither
+    a flag nor the experiment file set the key; says which. Returns the config and
+    whether the job is a causal LM."""
+    from fedpeft.models import Task
+    from fedpeft.training.setup import with_task_defaults
+
+    cfg, applied, task = with_task_defaults(cfg, set(overrides) | _file_keys(config))
+    if applied and announce:  # --print-config's output stays TOML only
+        shown = ", ".join(f"{k}={v}" for k, v in applied.items())
+        console.print(f"causal-LM job: defaults {shown} (set any of them to override)")
+    return cfg, task is Task.CAUSAL_LM
+
+
+def _file_keys(config: Path | None) -> set[str]:
+    """The dotted keys an experiment file sets (``[train] lr = ...`` → ``train.lr``)."""
+    if config is None:
+        return set()
+    try:
+        table = tomllib.loads(config.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return set()  # resolve_config has read it already and said what is wrong
+    keys: set[str] = set()
+    for name, value in table.items():
+        if isinstance(value, dict):
+            keys.update(f"{name}.{sub}" for sub in value)
+        else:
+            keys.add(name)
+    return keys
+
+
 def _run_with_display(
-    cfg: JobConfig, resume: bool, tensorboard: Path | None, force: bool = False
+    cfg: JobConfig,
+    resume: bool,
+    tensorboard: Path | None,
+    force: bool = False,
+    causal: bool = False,
 ) -> dict[str, Any]:
     """Run the simulation under a live table of its progress (and TensorBoard scalars)."""
     from fedpeft.simulation import run_simulation
     from fedpeft.tensorboard import ScalarLogger
 
     tb = ScalarLogger(tensorboard) if tensorboard is not None else None
-    display = _Display(cfg)
+    display = _Display(cfg, causal)
     display.tensorboard = tb
     try:
         with Live(display.render(), console=console, refresh_per_second=4) as live:
             display.live = live
-            summary = run_simulation(cfg, resume=resume, hooks=display.hooks(), force=force)
+            summary = run_simulation(
+                cfg,
+                resume=resume,
+                hooks=display.hooks(),
+                force=force,
+                on_plan=live.console.print,  # a DP run's noise against its clip, first
+            )
         if tb is not None:  # round 0: the adapter before any training
             tb.log({k[8:]: v for k, v in summary.items() if k.startswith("initial_")}, 0)
     finally:
@@ -100,10 +154,17 @@ def _run_with_display(
 
 
 class _Display:
-    """Round, clients done, last loss and accuracy — redrawn as results arrive."""
+    """Round, clients done, last loss and the held-out metric — accuracy, or for a causal
+    LM perplexity (and ROUGE-L when generated) — redrawn as results arrive."""
 
-    def __init__(self, cfg: JobConfig) -> None:
+    def __init__(self, cfg: JobConfig, causal: bool = False) -> None:
         self.cfg = cfg
+        self.metrics: tuple[tuple[str, str], ...] = (
+            (("eval perplexity", "eval_perplexity"),)
+            + ((("ROUGE-L", "eval_rouge_l"),) if cfg.train.eval_rouge_examples else ())
+            if causal
+            else (("eval accuracy", "eval_accuracy"),)
+        )
         self.live: Live | None = None
         self.round = 0
         self.cohort = 0
@@ -138,13 +199,14 @@ class _Display:
         table = Table(
             title=f"fedpeft simulate — {fed.backend}, {fed.clients} clients", show_header=True
         )
-        for col in ("round", "clients done", "train loss", "eval accuracy", "bytes up"):
+        for col in ("round", "clients done", "train loss", *(c for c, _ in self.metrics)):
             table.add_column(col)
+        table.add_column("bytes up")
         table.add_row(
             f"{self.round}/{fed.rounds}",
             f"{self.done}/{self.cohort}",
             _fmt(self.last.get("train_loss")),
-            _fmt(self.last.get("eval_accuracy")),
+            *(_fmt(self.last.get(key)) for _, key in self.metrics),
             str(self.last.get("bytes_up_total", 0)),
         )
         return table
@@ -159,7 +221,14 @@ def _round_line(record: dict[str, Any]) -> str:
         f"round {record['round']}",
         f"clients {record['clients_ok']}/{record['clients_sampled']}",
     ]
-    for key in ("train_loss", "eval_loss", "eval_accuracy", "eval_perplexity", "epsilon"):
+    for key in (
+        "train_loss",
+        "eval_loss",
+        "eval_accuracy",
+        "eval_perplexity",
+        "eval_rouge_l",
+        "epsilon",
+    ):
         if key in record:
             parts.append(f"{key} {record[key]:.4f}")
     if "secagg_survivors" in record:
@@ -177,6 +246,8 @@ def _print_summary(summary: dict[str, Any], cfg: JobConfig) -> None:
         "final_eval_accuracy",
         "initial_eval_perplexity",
         "final_eval_perplexity",
+        "initial_eval_rouge_l",
+        "final_eval_rouge_l",
         "rounds",
         "eval_examples",
         "bytes_up",

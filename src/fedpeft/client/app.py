@@ -27,6 +27,7 @@ from fedpeft.config import JobConfig
 from fedpeft.protocol.codecs import apply_downlink, downlink_codec, uplink_codec
 from fedpeft.protocol.messages import ClientState, Tensors, TrainResult, TrainTask
 from fedpeft.training.encode import EncodedData, encode
+from fedpeft.training.generate import Generation
 from fedpeft.training.loop import (
     EvalSums,
     evaluate_sums,
@@ -117,7 +118,9 @@ class LoraClientApp:
             keep = held if self.downlink.compresses else None
             state = ClientState(version=task.version, held=keep, residual=task.state.residual)
             ctx = ModContext(task.client_id, task.round, len(shard), state)
-            payload = self._encode(task, delta, ctx)
+            # under secure aggregation this report travels masked inside the payload
+            report = {"train_loss": stats.loss, "train_steps": float(stats.steps)}
+            payload = self._encode(task, delta, ctx, report)
         except CLIENT_ERRORS as exc:  # reported, never averaged: the engine drops this client
             log.warning("client %s failed in round %s: %s", task.client_id, task.round, exc)
             return TrainResult(
@@ -133,6 +136,8 @@ class LoraClientApp:
             "overhead_seconds": elapsed - stats.seconds,
             **ctx.info,
         }
+        if stats.tokens and stats.seconds > 0:
+            metrics["train_tokens_per_second"] = stats.tokens / stats.seconds
         if self.prefix is not None:  # share of examples whose frozen blocks were cached
             metrics["prefix_hit_rate"] = (self.prefix.hits - hits) / max(1, stats.examples)
         return TrainResult(
@@ -141,13 +146,16 @@ class LoraClientApp:
             # under secure aggregation the example count travels masked inside the payload
             num_examples=0 if task.secagg else len(shard),
             payload=payload,
-            metrics=metrics,
+            # under secure aggregation: nothing in the clear (UpdateSender.clear_metrics)
+            metrics=self.sender.clear_metrics(task, metrics),
             state=state,
             worker=self.name,
         )
 
-    def _encode(self, task: TrainTask, delta: Tensors, ctx: ModContext) -> bytes:
-        return self.sender.encode(task, delta, ctx)
+    def _encode(
+        self, task: TrainTask, delta: Tensors, ctx: ModContext, report: dict[str, float]
+    ) -> bytes:
+        return self.sender.encode(task, delta, ctx, report)
 
     def secagg_stage(self, task: TrainTask) -> TrainResult:
         return self.sender.stage(task, self.name)
@@ -161,7 +169,10 @@ class LoraClientApp:
     def feature_stats(self, task: TrainTask) -> TrainResult:
         """Classifier calibration (CCVR): per-class count, mean and scatter of the features
         entering the output layer, over this client's shard, under the global adapter.
-        Sums of the client's data, no examples; dense fp32 on the wire."""
+        Sums of the client's data, no examples; dense fp32 on the wire — or, under secure
+        aggregation, counts, feature sums and second-moment sums as this client's masked
+        input (:meth:`UpdateSender.masked_stats`): the coordinator sees only the cohort's
+        totals."""
         start = time.perf_counter()
         try:
             params = apply_downlink(self.downlink, task, self.initial)
@@ -182,10 +193,12 @@ class LoraClientApp:
                         self.model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
             finally:
                 hook.remove()
-            stats = feature_stats(
-                name, torch.cat(captured).numpy(), shard.labels.numpy(), layer.out_features
-            )
-            payload = FULL_WEIGHTS_CODEC.encode(stats)
+            features, labels = torch.cat(captured).numpy(), shard.labels.numpy()
+            if task.secagg:
+                payload = self.sender.masked_stats(task, name, features, labels)
+            else:
+                stats = feature_stats(name, features, labels, layer.out_features)
+                payload = FULL_WEIGHTS_CODEC.encode(stats)
         except CLIENT_ERRORS as exc:  # reported; the engine calibrates with the other clients
             log.warning("client %s failed feature statistics: %s", task.client_id, exc)
             return TrainResult(
@@ -197,7 +210,9 @@ class LoraClientApp:
             # under secure aggregation the example count travels masked inside the payload
             num_examples=0 if task.secagg else len(shard),
             payload=payload,
-            metrics={"client_seconds": time.perf_counter() - start},
+            metrics=self.sender.clear_metrics(
+                task, {"client_seconds": time.perf_counter() - start}
+            ),
             worker=self.name,
         )
 
@@ -228,4 +243,6 @@ class LoraClientApp:
             part=part,
             parts=parts,
             prefix=self._eval_prefix,
+            # causal LMs: ROUGE-L of greedy completions (train.eval_rouge_examples; None: off)
+            generation=Generation.from_config(self.cfg, self.adapted.tokenizer),
         )

@@ -22,6 +22,11 @@ data against it: the job's data settings must read the file, every label must be
 the job's (a subset is fine: under label skew one class is normal), and its shard must
 not be empty. Data that cannot train never registers.
 
+Every task is checked against the data owner's privacy policy (``--policy FILE.toml``'s
+``[client.policy]`` table and the policy flags; :mod:`fedpeft.client.policy`) before its
+downlink is fetched or a step is trained; a task below the floor is answered with an
+error result that starts ``client policy:`` and says why, which the coordinator logs.
+
 Failures: an unreachable coordinator is retried with exponential backoff and full jitter;
 a full federation (RESOURCE_EXHAUSTED, with the coordinator's reason) is retried
 ``max_refusals`` times, then the daemon stops with that reason; a TLS handshake failure
@@ -41,15 +46,16 @@ import re
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
+from fedpeft.client.policy import PolicyGuard
 from fedpeft.compression.chain import is_chain
-from fedpeft.config import JobConfig
+from fedpeft.config import ClientPolicy, JobConfig
 from fedpeft.errors import ConfigError, DataError, FedPeftError, ProtocolError
 from fedpeft.protocol import serde, wire
 from fedpeft.protocol.messages import ClientState, TaskSettings, Tensors, TrainResult, TrainTask
@@ -101,6 +107,7 @@ class DaemonOptions:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     max_refusals: int = 20  # RESOURCE_EXHAUSTED (federation full) this often in a row: stop
+    policy: ClientPolicy = field(default_factory=ClientPolicy)  # the data owner's floor
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_refusals, int) or self.max_refusals < 1:
@@ -388,8 +395,10 @@ class Connection:
 class ClientDaemon:
     def __init__(self, opts: DaemonOptions) -> None:
         self.opts = opts
-        self.state = DaemonState(opts.state)
+        # the transport's files are checked first: a bad --tls-* flag leaves no state folder
         self.conn = Connection(opts)
+        self.state = DaemonState(opts.state)
+        self.guard = PolicyGuard(opts.policy, codec="")  # the job's codec: identify()
         self.stop = threading.Event()  # SIGTERM: finish the current task, then exit
         self.over = threading.Event()  # the coordinator said the run is over
         self.client_id = -1
@@ -493,6 +502,7 @@ class ClientDaemon:
         assert identity is not None  # written by enroll()
         self.client_id = int(identity["client_id"])
         self.conn.authenticate(self.client_id, str(identity["credential"]))
+        self.guard = PolicyGuard(self.opts.policy, codec=self.job_config().codec.name)
         return identity
 
     def job_config(self) -> JobConfig:
@@ -555,6 +565,7 @@ class ClientDaemon:
 
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> int:
+        log.info("client policy: %s", self.opts.policy.describe())
         self.identify()
         # heartbeats from here on: a daemon loading its backbone is live, not gone
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
@@ -627,10 +638,44 @@ class ClientDaemon:
         if self._stale_serial == self._task[0]:
             raise TaskAbandoned(f"step {step} of {total}")
 
+    def _refusal(self, task: TrainTask) -> str | None:
+        """Why the client policy refuses ``task`` (the error the coordinator gets), or None."""
+        reason = self.guard.check(task)
+        if reason is None:
+            return None
+        log.warning(
+            "client %d: round %d %s refused by the client policy: %s",
+            self.client_id,
+            task.round,
+            task.kind,
+            reason,
+        )
+        return f"client policy: {reason}"
+
     def _train(self, wt: wire.WireTask) -> TrainResult:
         fail = lambda why: TrainResult(wt.round, self.client_id, error=why)  # noqa: E731
         if self.opts.max_rss_mb and rss_mb() > self.opts.max_rss_mb:
             return fail(f"memory guard: {rss_mb():.0f} MB resident > {self.opts.max_rss_mb} MB")
+        try:
+            settings = TaskSettings.from_dict(wt.config)
+        except ProtocolError as exc:
+            return fail(str(exc))
+        task = TrainTask(
+            round=wt.round,
+            client_id=self.client_id,
+            seed=wt.seed,
+            downlink=b"",
+            downlink_is_delta=wt.downlink_is_delta,
+            version=wt.version,
+            state=ClientState(version=wt.base_version),
+            indices=self.indices,
+            settings=settings,
+            kind=wt.kind,
+            secagg=wt.secagg,
+        )
+        refused = self._refusal(task)  # the data owner's floor, before any download
+        if refused is not None:
+            return fail(refused)
         if wt.artifact is not None:
             ref, folder = wt.artifact, self.state.path / "downloads"
             try:
@@ -645,22 +690,10 @@ class ClientDaemon:
             # a chain from version 0 starts at the initial adapter the app builds itself
             if held is None and not (wt.base_version == 0 and is_chain(downlink)):
                 return fail(f"{STATE_MISMATCH}: no held adapter of version {wt.base_version}")
-        try:
-            settings = TaskSettings.from_dict(wt.config)
-        except ProtocolError as exc:
-            return fail(str(exc))
-        task = TrainTask(
-            round=wt.round,
-            client_id=self.client_id,
-            seed=wt.seed,
+        task = replace(
+            task,
             downlink=downlink,
-            downlink_is_delta=wt.downlink_is_delta,
-            version=wt.version,
             state=ClientState(version=wt.base_version, held=held, residual=self.state.residual()),
-            indices=self.indices,
-            settings=settings,
-            kind=wt.kind,
-            secagg=wt.secagg,
         )
         log.info("client %d: round %d %s", self.client_id, wt.round, wt.kind)
         result: TrainResult = self.app.train(task)

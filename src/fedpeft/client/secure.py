@@ -9,6 +9,12 @@ round (the Ray backend pins a client's stages of one round to one worker). The r
 engine and the secure-aggregation server only ever receive what the stage methods return:
 public keys, AES-GCM ciphertexts, masked vectors and shares. Nothing in
 :mod:`fedpeft.coordinator` imports this module.
+
+**The encoding is checked against the round's parameters** before the masked input is
+formed: parameters that bind an encoding (``SecAggParams.encoding_digest``) accept only
+that one, and the shares' keys are bound to the parameters themselves, so every client
+whose input can reach the sum was given the same σ, clip, levels, subset and floor
+(:mod:`fedpeft.privacy.secagg.params`).
 """
 
 from __future__ import annotations
@@ -64,4 +70,8 @@ class SecureClient:
         raise ProtocolError(f"unknown secure-aggregation stage {task.kind!r}")
 
     def masked_input(self, task: TrainTask, vector: np.ndarray) -> bytes:
-        return bytes(self.session(task).masked_input(task.secagg, vector))
+        """The masked input of ``vector`` (encoded with the task's encoding), refused
+        (SecAggError) when that encoding is not the one the round's parameters bind."""
+        session = self.session(task)
+        session.params.check_encoding(task.settings.secagg_encoding)
+        return bytes(session.masked_input(task.secagg, vector))

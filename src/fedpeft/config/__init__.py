@@ -24,11 +24,13 @@ A TOML file mirrors the sections::
 Modules: :mod:`~fedpeft.config.model` (``[model]``, ``[lora]``, ``[adapter]``),
 :mod:`~fedpeft.config.data`, :mod:`~fedpeft.config.training`,
 :mod:`~fedpeft.config.federation`, :mod:`~fedpeft.config.codec`,
-:mod:`~fedpeft.config.privacy` (``[secagg]``, ``[dp]``), :mod:`~fedpeft.config.job`
+:mod:`~fedpeft.config.privacy` (``[secagg]``, ``[dp]``), :mod:`~fedpeft.config.client`
+(a client daemon's ``[client.policy]``), :mod:`~fedpeft.config.job`
 (the whole job and the checks across sections), :mod:`~fedpeft.config.io` (TOML) and
 :mod:`~fedpeft.config.checks` (field checks).
 """
 
+from fedpeft.config.client import ClientPolicy, load_policy
 from fedpeft.config.codec import DOWNLINK_MODES, CodecSettings
 from fedpeft.config.data import DataConfig
 from fedpeft.config.federation import CALIBRATIONS, ROUND_SCHEDULES, FederationConfig
@@ -64,6 +66,7 @@ __all__ = [
     "ROUND_SCHEDULES",
     "AdapterConfig",
     "AdapterKind",
+    "ClientPolicy",
     "CodecSettings",
     "DataConfig",
     "DpSettings",
@@ -75,5 +78,6 @@ __all__ = [
     "TrainConfig",
     "dump_toml",
     "load_config",
+    "load_policy",
     "toml_value",
 ]

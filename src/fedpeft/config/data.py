@@ -44,6 +44,17 @@ class DataConfig:
             "names: yes; with indices only: yes unless its label cell is a label of a later row)"
         ),
     )
+    holdout: float = field(
+        default=0.1,
+        metadata=doc(
+            "instruction data without data.eval: hold out this fraction of data.train (at "
+            "most 500 examples; seeded by train.seed) for evaluation; 0: none"
+        ),
+    )
+    clusters: int = field(
+        default=8,
+        metadata=doc("federation.partition = cluster: k-means clusters of the MiniLM embeddings"),
+    )
     max_length: int = field(default=64, metadata=doc("tokens per example (truncation)"))
     max_train_examples: int | None = field(default=None, metadata=doc("cap on training examples"))
     max_eval_examples: int | None = field(
@@ -60,6 +71,12 @@ class DataConfig:
         _column("data.label_column", self.label_column)
         if self.header not in (True, False, "auto"):
             raise ConfigError("data.header", f"must be true, false or auto, got {self.header!r}")
+        hold = self.holdout
+        if isinstance(hold, bool) or not isinstance(hold, (int, float)) or not 0 <= hold < 1:
+            raise ConfigError("data.holdout", f"must be a number in [0, 1), got {hold!r}")
+        k = self.clusters
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError("data.clusters", f"must be a positive integer, got {k!r}")
         if not isinstance(self.max_length, int) or self.max_length <= 0:
             raise ConfigError(
                 "data.max_length", f"must be a positive integer, got {self.max_length!r}"

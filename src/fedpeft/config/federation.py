@@ -120,6 +120,13 @@ class FederationConfig:
     min_fit_clients: int = field(
         default=1, metadata=doc("fewest usable updates for a round to count")
     )
+    full_model_fraction: float = field(
+        default=0.0,
+        metadata=doc(
+            "offsite: share of the virtual clients that train the adapter on the full "
+            "backbone, the rest on the emulator (tiered; chosen by train.seed; 0 = none)"
+        ),
+    )
     eval_every: int = field(default=1, metadata=doc("evaluate the global adapter every N rounds"))
     backend: str = field(default="inprocess", metadata=doc("inprocess or ray"))
     workers: int = field(
@@ -153,6 +160,7 @@ class FederationConfig:
         int_in(
             "federation", "calibration_clients", self.calibration_clients, "clients", self.clients
         )
+        fraction("federation", "full_model_fraction", self.full_model_fraction, one_allowed=True)
         one_of("federation", "backend", self.backend, ("inprocess", "ray"))
         positive("federation", "cpus_per_worker", self.cpus_per_worker)
         non_negative("federation", "gpus_per_worker", self.gpus_per_worker)

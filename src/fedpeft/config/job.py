@@ -42,6 +42,12 @@ class JobConfig:
                 "Offsite-Tuning places its adapter blocks itself (adapter.kind = offsite); "
                 "leave lora.layers at 0",
             )
+        if self.federation.full_model_fraction and not self.adapter.on_emulator:
+            raise ConfigError(
+                "federation.full_model_fraction",
+                "tiers (full backbone or emulator) exist only in an Offsite-Tuning job "
+                "(adapter.kind = offsite); leave it at 0",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return drop_none(dataclasses.asdict(self))

@@ -35,6 +35,16 @@ class TrainConfig:
     schedule: str = field(default="linear", metadata=doc("decay after warm-up: linear or constant"))
     max_grad_norm: float | None = field(default=1.0, metadata=doc("gradient clipping (L2)"))
     eval_batch_size: int = field(default=64, metadata=doc("examples per evaluation batch"))
+    eval_rouge_examples: int = field(
+        default=0,
+        metadata=doc(
+            "causal LM: also complete the first N held-out prompts greedily and report "
+            "ROUGE-L F1 (eval_rouge_l); slow on CPU, 0: off"
+        ),
+    )
+    eval_max_new_tokens: int = field(
+        default=64, metadata=doc("causal LM: most tokens generated per ROUGE-L prompt")
+    )
     seed: int = field(default=0, metadata=doc("seed for data order, dropout and init"))
     threads: int | None = field(default=None, metadata=doc("torch CPU threads (default: all)"))
     prefix_cache: bool = field(
@@ -68,6 +78,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"train.{name}", f"must be a positive integer, got {value!r}")
+        for name, low in (("eval_rouge_examples", 0), ("eval_max_new_tokens", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"train.{name}", f"must be an integer >= {low}, got {value!r}")
         one_of("train", "optimizer", self.optimizer, OPTIMIZERS)
         positive("train", "lr", self.lr)
         fraction("train", "momentum", self.momentum)

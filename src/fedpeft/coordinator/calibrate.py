@@ -1,6 +1,15 @@
 """Classifier calibration (CCVR) after the last round: clients report per-class feature
 statistics under the output adapter; the output layer is retrained on virtual features
-drawn from the merged class Gaussians (:mod:`fedpeft.aggregation.calibration`)."""
+drawn from the merged class Gaussians (:mod:`fedpeft.aggregation.calibration`).
+
+Under secure aggregation (the job's collection is a
+:class:`~fedpeft.coordinator.secure.SecureRound`) the statistics travel through a secure
+round of their own as sums — per class the example count, the feature sum and the sum of
+feature outer products — and the coordinator learns only the cohort's totals, from which
+the pooled count, mean and scatter (all CCVR needs) follow exactly up to the fixed point.
+The output layer is found by name in the adapter (the architectures' ``output_layer``,
+:data:`fedpeft.models.registry.ARCHITECTURES`), since no client names it in the clear.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ from fedpeft.aggregation import calibration as ccvr
 from fedpeft.compression import FULL_WEIGHTS_CODEC
 from fedpeft.coordinator.collect import Shapes, payload_of
 from fedpeft.coordinator.sampling import client_seed
+from fedpeft.coordinator.secure import SecureRound
 from fedpeft.errors import UpdateRejected
 from fedpeft.protocol.messages import ClientState, Tensors, TrainResult, TrainTask
 
@@ -35,11 +45,13 @@ class Calibration:
 
 
 class Calibrator:
-    """CCVR over every registered client, or a seeded sample of ``clients``."""
+    """CCVR over every registered client, or a seeded sample of ``clients``; through
+    secure aggregation when ``collection`` is a SecureRound (the job's collection)."""
 
-    def __init__(self, clients: int, seed: int) -> None:
+    def __init__(self, clients: int, seed: int, collection: Any = None) -> None:
         self.clients = clients
         self.seed = seed
+        self.secure = collection if isinstance(collection, SecureRound) else None
 
     def cohort(self, round_num: int, population: int) -> list[int]:
         k = self.clients
@@ -72,6 +84,8 @@ class Calibrator:
             )
             for cid in self.cohort(round_num, len(shards))
         ]
+        if self.secure is not None:
+            return self._run_secure(self.secure, backend, round_num, base, shapes, tasks, start)
         results = backend.run(tasks)
         out = Calibration(record={})
         out.bytes_up = sum(len(r.payload) for r in results)
@@ -83,6 +97,38 @@ class Calibrator:
             log.warning("calibration failed: %s", out.record["calibration_failed"])
             return out
         out.tensors = self._refit(base, modules.pop(), out.stats)
+        out.record["calibration_seconds"] = time.perf_counter() - start
+        return out
+
+    def _run_secure(
+        self,
+        secure: SecureRound,
+        backend: Any,
+        round_num: int,
+        base: Tensors,
+        shapes: Shapes,
+        tasks: list[TrainTask],
+        start: float,
+    ) -> Calibration:
+        """The statistics' totals through a secure round; the same refit from them."""
+        out = Calibration(record={})
+        found = output_module(shapes)
+        if isinstance(found, str):
+            out.record["calibration_failed"] = f"{found}; output layer left as trained"
+            log.warning("calibration failed: %s", out.record["calibration_failed"])
+            return out
+        module, (classes, dim) = found
+        pooled, record = secure.sum_statistics(
+            backend, round_num, tasks, module=module, classes=classes, dim=dim
+        )
+        out.record.update(record)
+        out.bytes_up = int(record.get("calibration_bytes_up", 0))
+        out.bytes_down = int(record.get("calibration_bytes_down", 0))
+        if pooled is None:
+            log.warning("calibration failed: %s", out.record.get("calibration_failed"))
+            return out
+        out.stats = [pooled]
+        out.tensors = self._refit(base, module, out.stats)
         out.record["calibration_seconds"] = time.perf_counter() - start
         return out
 
@@ -119,3 +165,23 @@ class Calibrator:
         if bias is not None:
             tensors[bias_key] = bias
         return tensors
+
+
+def output_module(shapes: Shapes) -> tuple[str, tuple[int, int]] | str:
+    """The adapter's output layer — its module name and weight shape (classes, features)
+    — found by the architectures' ``output_layer`` names; or why it cannot be told."""
+    from fedpeft.models.registry import ARCHITECTURES
+
+    wanted = {spec.output_layer for spec in ARCHITECTURES.values()}
+    found: list[tuple[str, tuple[int, int]]] = []
+    for key, shape in shapes.items():
+        if not key.endswith(".weight") or len(shape) != 2:
+            continue
+        module = key.removesuffix(".weight")
+        plain = module.replace(".modules_to_save.default", "")
+        if any(plain == w or plain.endswith("." + w) for w in wanted):
+            found.append((module, (int(shape[0]), int(shape[1]))))
+    if len(found) != 1:
+        names = sorted(m for m, _ in found)
+        return f"the adapter's output layer is not one trainable linear layer (found {names})"
+    return found[0]

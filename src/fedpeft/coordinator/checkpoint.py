@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fedpeft.compression.chain import decode_chain, encode_chain
+from fedpeft.compression.chain import decode_chain, encode_chain, params_digest
 from fedpeft.errors import FedPeftError
 from fedpeft.protocol.messages import ClientState, Tensors
 from fedpeft.rundir import atomic_write_bytes
@@ -58,17 +58,27 @@ def save_checkpoint(
         _save(tmp / "ema.safetensors", state.ema)
     if state.calibrated is not None:
         _save(tmp / "calibrated.safetensors", state.calibrated)
-    client_tensors: dict[str, np.ndarray] = {}
+    # what each client was sent, each distinct adapter once (under the chain downlink all
+    # clients at one version hold the same one): the coordinator's record, never a
+    # client's own state, which stays on the client
+    sent: dict[str, np.ndarray] = {}
+    client_held: dict[str, str] = {}
+    digests: dict[int, str] = {}  # id of a held dict -> its digest (shared under the chain)
     for cid, cs in state.clients.items():
-        for kind, tensors in (("held", cs.held), ("residual", cs.residual)):
-            for name, value in (tensors or {}).items():
-                client_tensors[f"{cid}/{kind}/{name}"] = value
-    _save(tmp / "clients.safetensors", client_tensors)
+        if cs.held is None:
+            continue
+        digest = digests.get(id(cs.held)) or params_digest(cs.held).hex()
+        digests[id(cs.held)] = digest
+        client_held[str(cid)] = digest
+        for name, value in cs.held.items():
+            sent.setdefault(f"{digest}/{name}", value)
+    _save(tmp / "sent.safetensors", sent)
     meta: dict[str, Any] = {
         "round": state.round,
         "bytes_up_total": state.bytes_up_total,
         "bytes_down_total": state.bytes_down_total,
         "client_versions": {str(cid): cs.version for cid, cs in state.clients.items()},
+        "client_held": client_held,
         "calibrated_round": state.calibrated_round,
     }
     if chain:
@@ -86,18 +96,22 @@ def load_checkpoint(run_path: Path, chain: bool) -> tuple[EngineState, Tensors]:
 
     folder = _checkpoint_folder(run_path)
     meta = json.loads((folder / "engine.json").read_text())
+    adapters: dict[str, Tensors] = {}
+    held: dict[str, str] = meta.get("client_held", {})
+    if (folder / "sent.safetensors").is_file():
+        for key, value in load_file(str(folder / "sent.safetensors")).items():
+            digest, name = key.split("/", 1)
+            adapters.setdefault(digest, {})[name] = value
+    elif (folder / "clients.safetensors").is_file():  # written before sent.safetensors
+        for key, value in load_file(str(folder / "clients.safetensors")).items():
+            cid, kind, name = key.split("/", 2)
+            if kind == "held":  # a client's residual is its own: not carried over
+                adapters.setdefault(cid, {})[name] = value
+                held[cid] = cid
     clients: dict[int, ClientState] = {
-        int(cid): ClientState(version=v) for cid, v in meta["client_versions"].items()
+        int(cid): ClientState(version=v, held=adapters[held[cid]] if cid in held else None)
+        for cid, v in meta["client_versions"].items()
     }
-    for key, value in load_file(str(folder / "clients.safetensors")).items():
-        cid, kind, name = key.split("/", 2)
-        cs = clients[int(cid)]
-        if kind == "held":
-            cs.held = cs.held or {}
-            cs.held[name] = value
-        else:
-            cs.residual = cs.residual or {}
-            cs.residual[name] = value
     state = EngineState(
         round=int(meta["round"]),
         params=dict(load_file(str(folder / "global.safetensors"))),

@@ -58,7 +58,15 @@ CLIENT_METRICS: dict[str, tuple[float, float]] = {
     "clip_factor": _FRACTION,
     "dp_clipped": _FRACTION,
     "secagg_clipped_fraction": _FRACTION,
+    # Offsite-Tuning tiers (fedpeft.client.offsite): 1 for the tier the client trained
+    # on (full backbone or emulator), 0 for the other
+    "tier_full": _FRACTION,
+    "tier_emulator": _FRACTION,
+    # input tokens per second of local training (causal LMs: the LLM job's throughput)
+    "train_tokens_per_second": _NON_NEGATIVE,
 }
+#: Indicators the round's line counts rather than averages (how many results were each)
+COUNTED_CLIENT_METRICS = frozenset({"tier_full", "tier_emulator"})
 
 
 def client_metrics(result: TrainResult) -> tuple[dict[str, float], int]:
@@ -88,10 +96,14 @@ def mean_client_metrics(
     reports: Sequence[tuple[Mapping[str, float], float]],
 ) -> dict[str, float]:
     """The weighted mean of each listed metric over the clients that reported it
-    (``reports``: each client's kept metrics and its weight)."""
+    (``reports``: each client's kept metrics and its weight); the count of clients for an
+    indicator in :data:`COUNTED_CLIENT_METRICS`."""
     out: dict[str, float] = {}
     for key in sorted({k for metrics, _ in reports for k in metrics}):
         pairs = [(m[key], w) for m, w in reports if key in m]
+        if key in COUNTED_CLIENT_METRICS:
+            out[key] = float(sum(round(v) for v, _ in pairs))
+            continue
         total = sum(w for _, w in pairs)
         if total > 0:
             out[key] = sum(v * w for v, w in pairs) / total
@@ -107,6 +119,9 @@ class EncodingPlan:
     clip_range: float | None = None  # None: secagg.clip_range
     levels: int | None = None  # None: the widest range whose sum cannot wrap
     noise_sigma: float = 0.0  # each client's discrete Gaussian std (integer units)
+    # fewest survivors whose noise the accountant counted (distributed DP's n_min; 0: no
+    # floor beyond SecAgg's own): the round's SecAggParams.min_survivors, which clients enforce
+    min_survivors: int = 0
 
 
 class PlanEncoding(Protocol):
@@ -134,14 +149,21 @@ class RoundContext:
 @dataclass
 class Collected:
     """A round's collected updates: each one (``updates``) or only their sum (``total``),
-    the round's record so far, the clients' new states, or why the round failed."""
+    the round's record so far, which clients trained (and so now hold the task's version
+    of the global adapter), or why the round failed."""
 
     record: dict[str, Any]
     clients: int  # whose updates are in what was collected (usable updates, survivors)
     updates: list[ClientUpdate] | None = None
     total: SecureSum | None = None
-    states: dict[int, ClientState] = field(default_factory=dict)
+    # clients whose training task came back without error: they applied the downlink
+    # (the values are ignored: a client's own state never reaches the coordinator)
+    states: dict[int, ClientState | None] = field(default_factory=dict)
     failed: str | None = None
+
+    @property
+    def trained(self) -> list[int]:
+        return sorted(self.states)
 
 
 class Collection(Protocol):
@@ -218,9 +240,11 @@ class PlainCollection:
         bytes_up = sum(len(r.payload) for r in results)
         updates: list[ClientUpdate] = []
         rejected: dict[int, str] = {}
-        states: dict[int, ClientState] = {}
+        states: dict[int, ClientState | None] = {}
         dropped = 0
         for result in sorted(results, key=lambda r: r.client_id):
+            if result.ok:  # it applied the downlink, whether or not its update is used
+                states[result.client_id] = None
             try:
                 update = decode_update(result, ctx.uplink, ctx.shapes, ctx.max_examples)
             except UpdateRejected as exc:
@@ -229,8 +253,6 @@ class PlainCollection:
                 continue
             updates.append(update)
             dropped += len(result.metrics) - len(update.metrics)
-            if result.state is not None:
-                states[result.client_id] = result.state
         record = round_record(ctx.round_num, len(tasks), len(updates), rejected)
         record.update(bytes_up=bytes_up, bytes_down=bytes_down)
         if dropped:

@@ -4,12 +4,14 @@
   dense delta is as large as the weights;
 * :class:`DeltaDownlink` (compeft): full weights on first contact, then the compressed
   difference between the global adapter and exactly what the client holds (the engine
-  keeps each client's reconstruction, one adapter per client);
+  keeps its own record of what each client reconstructed from what it was sent, one
+  adapter per client; computed from the coordinator's payloads, never from the client);
 * :class:`ChainDownlink` (chain, :mod:`fedpeft.compression.chain`): each round's change
   compressed once with server error feedback; a client gets the deltas from the version
   it holds, and the global adapter is the sum of those deltas, bit for bit.
 
-The engine asks a downlink for each task's payload and hands it the strategy's new
+The engine asks a downlink for each task's payload, records what a client holds once it
+has trained on a task (:meth:`Downlink.held_after`), and hands it the strategy's new
 adapter each round (:meth:`Downlink.release`); the chain keeps its history in the
 engine's checkpointed state.
 """
@@ -21,7 +23,8 @@ import numpy as np
 from fedpeft.compression import FULL_WEIGHTS_CODEC, Codec
 from fedpeft.compression.chain import add_delta, encode_chain, params_digest
 from fedpeft.coordinator.checkpoint import EngineState
-from fedpeft.protocol.messages import ClientState, Tensors
+from fedpeft.protocol.codecs import apply_downlink
+from fedpeft.protocol.messages import ClientState, Tensors, TrainTask
 from fedpeft.tensors import l2_norm
 
 Payload = tuple[bytes, bool, ClientState]  # (bytes, is a delta, the client's state)
@@ -42,6 +45,14 @@ class FullDownlink:
 
     def payload(self, state: EngineState, round_num: int, client: ClientState) -> Payload:
         return self.full_weights(state, round_num), False, client
+
+    def held_after(self, state: EngineState, task: TrainTask) -> ClientState:
+        """What the coordinator knows the client holds once it has trained on ``task``:
+        the task's version, and (for a downlink that sends deltas) the adapter it rebuilt
+        from what it was sent. Called before the round's release, while ``state.params``
+        is still the version the task brought."""
+        del state
+        return ClientState(version=task.version)
 
     def full_weights(self, state: EngineState, round_num: int) -> bytes:
         if self._cache is None or self._cache[0] != round_num:
@@ -67,6 +78,10 @@ class DeltaDownlink(FullDownlink):
         delta = {k: state.params[k] - client.held[k] for k in state.params}
         return self.codec.encode(delta), True, client
 
+    def held_after(self, state: EngineState, task: TrainTask) -> ClientState:
+        del state
+        return ClientState(version=task.version, held=apply_downlink(self.codec, task))
+
 
 class ChainDownlink(FullDownlink):
     """Each round's change compressed once (server error feedback); clients apply the
@@ -81,15 +96,18 @@ class ChainDownlink(FullDownlink):
         """The deltas from the version the client holds (0, the initial adapter it builds
         itself, on first contact) to the current one — or the full fp32 weights when
         those are smaller (a long-absent client)."""
-        base = client.version if client.held is not None else 0
+        base = max(client.version, 0)
         deltas = [d for d in state.history[base : round_num - 1] if d]
         chain = encode_chain(base, state.init_digest, deltas)
         full = self.full_weights(state, round_num)
         if len(chain) >= len(full):
             return full, False, client
-        if client.held is None:
-            client = ClientState(version=0, held=None, residual=client.residual)
         return chain, True, client
+
+    def held_after(self, state: EngineState, task: TrainTask) -> ClientState:
+        """Every client that applied the chain holds the global adapter bit for bit: the
+        same arrays for all of them (the checkpoint stores each version once)."""
+        return ClientState(version=task.version, held=state.params)
 
     def release(self, state: EngineState, target: Tensors, record: dict[str, object]) -> Tensors:
         """Move the global adapter toward ``target`` by one compressed delta, keeping what

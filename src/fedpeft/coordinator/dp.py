@@ -111,6 +111,28 @@ class DpController:
 
         return float(epsilon(rounds, self.delta, self.accountant))
 
+    def plan_line(self, dimension: int, rounds: int) -> str:
+        """The run's DP plan as one paragraph (what ``fedpeft dp plan`` prints, without its
+        cohort search): this run's z, the noise on the sum and the mean, and the ratio of
+        the noise's norm on the mean update to the clip, for ``dimension`` coordinates."""
+        from fedpeft.privacy.planner import PlanSettings, make_plan
+
+        settings = PlanSettings(
+            population=self.population,
+            cohort=self.sample_size,
+            rounds=max(1, rounds),
+            clip=self.clip,
+            dimension=max(1, dimension),
+            epsilon=self.target_epsilon,
+            delta=self.delta,
+            noise_multiplier=self.reported_multiplier,
+            sampling=self.sampling,
+            mode="distributed" if self.distributed else "central",
+            tolerated_dropout=self.tolerated_dropout if self.distributed else 0.0,
+            accountant=self.accountant,
+        )
+        return make_plan(settings, search=False).summary()
+
     @property
     def epsilon_spent(self) -> float:
         _ = self.ledger
@@ -417,7 +439,9 @@ def _noise_plan(
         # round by round against the accountant (stop_reason)
         if dp.noise_multiplier is None:
             return 1.0, None, fed.rounds
-        return float(dp.noise_multiplier), None, None
+        # the user's z is dp-accounting's (std over the sum's sensitivity, 2C under
+        # fixed-size cohorts), as in central mode and in `fedpeft dp plan`
+        return float(dp.noise_multiplier) * _sensitivity_factor(fed.sampling), None, None
     if dp.noise_multiplier is None:
         z = calibrate_noise_multiplier(
             dp.epsilon, dp.target_delta, fed.rounds, max_noise=100.0, **common

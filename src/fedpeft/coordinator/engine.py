@@ -4,8 +4,8 @@ tasks and hands back results; a collection (plain, or SecAgg+) decides what of t
 coordinator sees; a privacy mechanism (none, central or distributed DP) configures the
 clients, turns what was collected into the strategy's step and records what it spent.
 
-Crash safety: each round's state (global adapter, server-optimizer moments, per-client
-state, counters) is checkpointed atomically *before* the round's metrics line is
+Crash safety: each round's state (global adapter, server-optimizer moments, what each
+client was sent, counters) is checkpointed atomically *before* the round's metrics line is
 appended; a resumed run truncates metrics to the checkpoint and continues from the next
 round (with seeded cohorts, the same ones; under central DP cohorts are fresh OS-entropy
 draws, :func:`fedpeft.coordinator.sampling.from_entropy`).
@@ -131,7 +131,6 @@ class RoundEngine:
         self.ema_decay = ema_decay
         if calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
-        self.calibrator = Calibrator(calibration_clients, seed) if calibration != "none" else None
         # the job's settings of a round's tasks (Flower's on_fit_config_fn): the round
         # schedule's client learning rate, FedProx, FedLC
         self.client_config = client_config or (lambda _round: TaskSettings())
@@ -139,6 +138,12 @@ class RoundEngine:
         # what the coordinator sees of the updates (SecAgg+: only their sum) and what
         # privacy mechanism configures, aggregates and records each round
         self.collection = collection or PlainCollection()
+        # under SecAgg the calibration statistics travel as one masked sum too
+        self.calibrator = (
+            Calibrator(calibration_clients, seed, self.collection)
+            if calibration != "none"
+            else None
+        )
         self.privacy = privacy or NoPrivacy()
         self.collection.check_strategy(strategy)
         self.privacy.check_collection(not isinstance(self.collection, PlainCollection))
@@ -239,7 +244,12 @@ class RoundEngine:
             max_examples=self.max_client_examples,
         )
         collected = self.collection.collect(ctx, tasks)
-        self.state.clients.update(collected.states)
+        # what each client that trained now holds, as the coordinator's own record of
+        # what it sent (a client's state never comes back: it stays on the client)
+        by_id = {t.client_id: t for t in tasks if t.kind == "train"}
+        for cid in collected.trained:
+            if cid in by_id:
+                self.state.clients[cid] = self.downlink.held_after(self.state, by_id[cid])
         record = collected.record
         if collected.failed is not None:
             record["round_failed"] = collected.failed

@@ -60,12 +60,19 @@ class LiveClientSampler:
         return self.per_round / max(self.per_round, self.fleet.store.count_clients())
 
     def sample(self, round_num: int) -> list[int]:
-        ready = self.fleet.wait_ready(self.per_round, self.wait_timeout)
-        if len(ready) <= self.per_round:
-            return sorted(ready)
+        """The round's cohort. A round run again after a restart keeps first the clients
+        whose results for it the store already accepted (they were acknowledged: their
+        work is never dropped), then samples the rest of the ready clients."""
+        kept = self.fleet.store.held_results(round_num)[: self.per_round]
+        want = self.per_round - len(kept)
+        if want <= 0:
+            return sorted(kept)
+        ready = [c for c in self.fleet.wait_ready(want, self.wait_timeout) if c not in kept]
+        if len(ready) <= want:
+            return sorted(kept + ready)
         rng = np.random.default_rng([self.seed, round_num, 0x5A4D])
-        chosen = rng.choice(len(ready), size=self.per_round, replace=False)
-        return sorted(ready[int(i)] for i in chosen)
+        chosen = rng.choice(len(ready), size=want, replace=False)
+        return sorted(kept + [ready[int(i)] for i in chosen])
 
 
 class GrpcBackend:
@@ -212,10 +219,10 @@ class GrpcBackend:
         return self.fleet.post(full, deadline, now)
 
     def _complete(self, task: TrainTask, result: TrainResult) -> TrainResult:
-        """The result as the engine expects it: with the state the client now holds."""
+        """The result as the engine expects it: a trained client now holds the task's
+        version (the engine records what that means from what it sent)."""
         if task.kind == "train" and result.ok:
-            held = self._reconstruct(task) if self.downlink.compresses else None
-            result.state = ClientState(version=task.version, held=held, residual=None)
+            result.state = ClientState(version=task.version)
         return result
 
 

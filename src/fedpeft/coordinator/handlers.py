@@ -13,8 +13,14 @@ before the deadline; payloads have a size limit and must match their SHA-256.
 
 Enrolment: a secret unless the operator opened it explicitly (``open_enrollment``); at
 most ``max_clients`` *live* clients (seen within ``liveness_seconds`` and not expired); a
-registration that has not asked for work within ``ready_within_seconds`` expires and its
-slot is free again. An unknown client id and a wrong credential get the very same answer.
+registration that has not asked for work within ``ready_within_seconds`` of registering
+expires: its row leaves the state database, so its slot is free and its credential void,
+also after a coordinator restart. The store keeps when each client registered, became
+ready and was last seen: a restarted coordinator expires the old registrations on their
+original schedule, never expires a client that was ready before (it may be training a
+long task and only heart-beating), and counts the clients seen within
+``liveness_seconds`` before the crash as live until they reconnect or go silent. An
+unknown client id and a wrong credential get the very same answer.
 A result for a task this process has not posted yet, for the round it is about to run
 (a coordinator restart), is held and taken if the very same task is posted.
 """
@@ -98,8 +104,8 @@ class FleetSettings:
     open_enrollment: bool = False  # True (and no token): anyone reaching the port registers
     heartbeat_seconds: float = 5.0
     liveness_seconds: float = 20.0  # unseen this long: not connected (a task is dropped)
-    # registered (or, after a restart, first seen) this long without asking for work: the
-    # registration expires and its slot is free again
+    # registered this long ago (wall clock, across restarts) without ever asking for
+    # work: the registration expires and its slot is free again
     ready_within_seconds: float = 300.0
     max_pull_wait: float = 30.0
     max_clients: int = 1000  # live clients (a cap on who may register now)
@@ -199,9 +205,11 @@ class Fleet:
         self.run_over = False
         self.round = 0
         self.last_seen: dict[int, float] = {}  # monotonic; connected within liveness
-        self.first_seen: dict[int, float] = {}  # registered, or first call since the start
-        self.expired: set[int] = set()  # never asked for work in time: registration void
+        # registrations that never asked for work -> when they registered (monotonic)
+        self.first_seen: dict[int, float] = {}
         self.pulled: set[int] = set()  # asked for work since this process started
+        self._seen_wall: dict[int, float] = {}  # last calls not yet written to the store
+        self._flushed_at = -float("inf")
         self.told_over: set[int] = set()  # heard that the run is over
         self.pending: dict[str, PendingTask] = {}
         self.by_client: dict[int, str] = {}
@@ -213,14 +221,33 @@ class Fleet:
             self.settings.registrations_per_minute / 60.0, self.settings.registration_burst
         )
         self.artifact_dir.mkdir(parents=True, exist_ok=True)
+        self._restore(time.monotonic(), time.time())
         self.metrics.clients_registered.set(self.store.count_clients())
+
+    def _restore(self, now: float, wall: float) -> None:
+        """What a restarted coordinator knows of its clients from the store: the
+        registrations still waiting to become ready (expiring on their original schedule,
+        expired ones at once), and who was live just before (they hold their slots
+        until ``liveness_seconds`` after their last call, as if there had been no
+        restart)."""
+        for cid, registered in self.store.unready_clients().items():
+            self.first_seen[cid] = now - max(0.0, wall - registered)
+        for cid, seen in self.store.seen_since(wall - self.settings.liveness_seconds).items():
+            if cid not in self.last_seen:
+                self.last_seen[cid] = now - max(0.0, wall - seen)
+        self.expire(now)
 
     # ---- liveness ---------------------------------------------------------------------
     def seen(self, client_id: int, now: float) -> None:
         with self.lock:
             self.last_seen[client_id] = now
-            if client_id not in self.pulled:
-                self.first_seen.setdefault(client_id, now)
+            self._seen_wall[client_id] = time.time()
+            # written in one batch at most once a heartbeat interval: a restart then
+            # knows who was live (a heartbeat's worth of staleness is within liveness)
+            if now - self._flushed_at >= self.settings.heartbeat_seconds:
+                self.store.touch_clients(self._seen_wall)
+                self._seen_wall = {}
+                self._flushed_at = now
 
     def connected(self, now: float) -> list[int]:
         with self.lock:
@@ -230,22 +257,25 @@ class Fleet:
 
     def expire(self, now: float) -> None:
         """Void the registrations that never asked for work within
-        ``ready_within_seconds`` (squatters, or daemons whose data or model never loaded):
-        their slots are free and their credentials refused from now on."""
+        ``ready_within_seconds`` of registering (squatters, or daemons whose data or model
+        never loaded): removed from the store, so their slots are free and their
+        credentials refused from now on, also after a restart."""
         limit = self.settings.ready_within_seconds
         with self.lock:
-            for cid, first in list(self.first_seen.items()):
-                if cid in self.pulled or now - first <= limit:
-                    continue
+            gone = [cid for cid, first in self.first_seen.items() if now - first > limit]
+            for cid in gone:
                 del self.first_seen[cid]
                 self.last_seen.pop(cid, None)
-                self.expired.add(cid)
+                self._seen_wall.pop(cid, None)
+                self.store.remove_client(cid)
                 log.warning(
                     "client %d never asked for work within %.0fs of registering: "
                     "registration expired, its slot is free",
                     cid,
                     limit,
                 )
+        if gone:
+            self.metrics.clients_registered.set(self.store.count_clients())
 
     def ready(self, now: float) -> list[int]:
         """Connected clients that have asked for work (their app is loaded)."""
@@ -402,7 +432,9 @@ class Fleet:
         """The client's outstanding task, RUN_OVER, or None (nothing yet)."""
         with self.lock:
             self.pulled.add(client_id)
-            self.first_seen.pop(client_id, None)  # ready: its registration cannot expire
+            if self.first_seen.pop(client_id, None) is not None:
+                # ready: its registration never expires, in this process or the next
+                self.store.mark_ready(client_id, time.time())
             if self.run_over:
                 self.told_over.add(client_id)
                 return wire.PullReply(wire.PullStatus.RUN_OVER)
@@ -494,9 +526,8 @@ def authenticate(fleet: Fleet, client: str | None, token: str | None, now: float
     except ValueError as exc:
         raise Unauthenticated(f"client id {client[:40]!r} is not an integer") from exc
     with fleet.lock:
-        fleet.expire(now)
-        expired = client_id in fleet.expired
-    stored = None if expired else fleet.store.client_token_hash(client_id)
+        fleet.expire(now)  # an expired registration's row is gone: it reads as unknown
+    stored = fleet.store.client_token_hash(client_id)
     matches = hmac.compare_digest(stored or _NO_SUCH_TOKEN, hash_token(token))
     if stored is None or not matches:
         raise Unauthenticated(UNKNOWN_CLIENT)

@@ -135,7 +135,7 @@ def privacy_settings(
         controller = make_dp_controller(
             cfg, run_path, distributed=distributed, population=population
         )
-        out["privacy"] = mechanism(controller)
+        out["privacy"] = mechanism(controller, rounds=cfg.federation.rounds)
     return out
 
 
@@ -187,6 +187,7 @@ class Job:
         self.protection = privacy_settings(
             cfg, self.run_dir.path, population=population, shard_sizes=shard_sizes
         )
+        self.rounds = cfg.federation.rounds
 
     def run(
         self,
@@ -198,9 +199,11 @@ class Job:
         export: bool = True,
         extra: Mapping[str, Any] | None = None,
         on_resume: Callable[[int], None] | None = None,
+        on_plan: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Run the remaining rounds; write the outputs and the summary (plus ``extra``).
-        ``on_resume`` hears the round a resumed run continues after."""
+        ``on_resume`` hears the round a resumed run continues after; ``on_plan`` a DP
+        run's plan (its noise against the clip), before the first round."""
         privacy = self.protection["privacy"]
         try:
             engine = RoundEngine(
@@ -213,6 +216,13 @@ class Job:
                 **self.protection,
             )
             initial = self._start(engine, on_resume)
+            controller = getattr(privacy, "controller", None)  # DP mechanisms have one
+            if controller is not None:
+                dim = sum(int(np.prod(shape)) for shape in engine.shapes.values())
+                line = controller.plan_line(dim, self.rounds)
+                log.info("%s", line)
+                if on_plan is not None:
+                    on_plan(line)
             engine.run()
             check_run(self.run_dir.read_metrics())  # every round failed: an error, not exit 0
             final = engine.output_params

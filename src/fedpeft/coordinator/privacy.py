@@ -8,7 +8,9 @@ one it holds:
   sampling);
 * :meth:`~PrivacyMechanism.stop_reason` before a round (the budget);
 * :meth:`~PrivacyMechanism.begin_round` when the round's cohort is drawn;
-* :meth:`~PrivacyMechanism.configure` — what it adds to each client's task (the clip);
+* :meth:`~PrivacyMechanism.configure` — what it adds to each client's task (the clip,
+  and the accountant's parameters a client's privacy policy checks: mechanism, noise
+  multiplier, sampling, population, cohort, rounds, δ, accountant);
 * :meth:`~PrivacyMechanism.secure_plan` — under secure aggregation, once per round before
   any client is contacted: how clients encode (uniform weights, the clip range,
   distributed noise). A mechanism whose noise travels inside the clients' inputs records
@@ -110,10 +112,16 @@ NoPrivacy = PrivacyMechanism
 
 
 class _Dp(PrivacyMechanism):
-    """Client-level DP: budget, clip on the client, ledger (DpController does the maths)."""
+    """Client-level DP: budget, clip on the client, ledger (DpController does the maths).
 
-    def __init__(self, controller: DpController) -> None:
+    ``rounds``: the rounds the run plans (``federation.rounds``), declared to clients with
+    the rest of the accountant's parameters so that a client can bound the run's epsilon
+    itself (its privacy policy); None declares no run length, which a client with an
+    epsilon ceiling refuses."""
+
+    def __init__(self, controller: DpController, rounds: int | None = None) -> None:
         self.controller = controller
+        self.rounds = rounds
 
     def cohort_sampler(self, sampler: Any) -> Any:
         """OS-entropy cohorts when the accounting claims amplification by sampling; else
@@ -139,7 +147,19 @@ class _Dp(PrivacyMechanism):
         self.controller.begin_round(round_num)
 
     def configure(self, settings: TaskSettings) -> TaskSettings:
-        return settings.replace(dp_clip=self.controller.clip)
+        """The clip, and the accountant's parameters a client's policy checks (its own
+        accountant recomputes the run's epsilon from them)."""
+        c = self.controller
+        return settings.replace(
+            dp_clip=c.clip,
+            dp_mechanism=self.name,
+            dp_sampling=c.sampling,
+            dp_population=c.population,
+            dp_cohort=c.sample_size,
+            dp_rounds=self.rounds,
+            dp_delta=c.delta,
+            dp_accountant=c.accountant,
+        )
 
     def record_round(self, round_num: int, *, released: bool) -> dict[str, Any]:
         return self.controller.record_round(round_num, released=released)
@@ -154,6 +174,12 @@ class CentralDp(_Dp):
 
     name = "central"
     amplified = True  # RoundPrivacy's sampled Gaussian event
+
+    def configure(self, settings: TaskSettings) -> TaskSettings:
+        """Central noise is added here, so its multiplier is declared (a client cannot
+        see it; under distributed DP it derives it from its own noise instead)."""
+        declared = super().configure(settings)
+        return declared.replace(dp_noise_multiplier=self.controller.noise_multiplier)
 
     @classmethod
     def check_collection(cls, secure: bool) -> None:
@@ -200,6 +226,7 @@ class DistributedDp(_Dp):
             clip_range=self.controller.clip,
             levels=plan.levels,
             noise_sigma=plan.sigma,
+            min_survivors=plan.noisy_clients,
         )
 
     def aggregate(

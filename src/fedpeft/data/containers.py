@@ -126,6 +126,30 @@ def format_alpaca_prompt(instruction: str, input: str | None = None) -> str:
     return ALPACA_TEMPLATE_NO_INPUT.format(instruction=instruction)
 
 
+_PREAMBLES = tuple(
+    t.split("### Instruction:\n")[0] for t in (ALPACA_TEMPLATE, ALPACA_TEMPLATE_NO_INPUT)
+)
+
+
+def example_texts(data: Dataset) -> list[str]:
+    """What an example is *about*, one text per example (what the ``cluster`` partition
+    embeds): the text of a classification example; the instruction (and its input) of an
+    instruction example, without the Alpaca template around it, which is the same in
+    every prompt and would only pull all embeddings together."""
+    if isinstance(data, ClassificationData):
+        return list(data.texts)
+    out = []
+    for prompt in data.prompts:
+        text = prompt
+        for preamble in _PREAMBLES:
+            if text.startswith(preamble + "### Instruction:\n"):
+                text = text[len(preamble) + len("### Instruction:\n") :]
+                break
+        text = text.removesuffix("\n\n### Response:\n").replace("\n\n### Input:\n", "\n")
+        out.append(text.strip() or prompt)
+    return out
+
+
 def check_max_examples(max_examples: int | None) -> None:
     """Raise :class:`ConfigError` unless ``max_examples`` is None or a positive int."""
     if max_examples is not None and (

@@ -1,6 +1,6 @@
-"""Split a dataset's examples among federated clients (seeded, numpy only).
+"""Split a dataset's examples among federated clients (seeded; numpy, scikit-learn's k-means).
 
-Three schemes, registered by name in :data:`PARTITIONERS` (what ``federation.partition``
+Four schemes, registered by name in :data:`PARTITIONERS` (what ``federation.partition``
 is checked against) and chosen with :func:`partition`'s ``scheme``:
 
 * ``iid`` -- a random permutation cut into ``num_clients`` near-equal parts (sizes differ
@@ -14,7 +14,14 @@ is checked against) and chosen with :func:`partition`'s ``scheme``:
   least ``min_size`` examples;
 * ``shards`` -- McMahan et al. 2017: sort by label, cut into
   ``num_clients * shards_per_client`` equal shards and deal ``shards_per_client`` random
-  shards to each client.
+  shards to each client;
+* ``cluster`` -- label-free skew for any text data (instructions, chats): the caller
+  groups the examples by k-means over their sentence embeddings (:func:`kmeans_groups`,
+  the embedding itself is computed above this layer) and the groups are dealt as
+  ``dirichlet`` deals classes, ``Dir(alpha)`` over clients per cluster.
+
+What each scheme groups examples by is declared in :data:`PARTITION_GROUPS`: ``iid``
+reads nothing, ``dirichlet`` and ``shards`` the labels, ``cluster`` the k-means groups.
 
 Every scheme returns ``num_clients`` sorted int64 index arrays that are disjoint and
 together cover every example; the same arguments always give the same partition.
@@ -36,9 +43,11 @@ from fedpeft.errors import ConfigError, DataError
 __all__ = [
     "DIRICHLET_MAX_TRIES",
     "PARTITIONERS",
+    "PARTITION_GROUPS",
     "PartitionOptions",
     "Partitioner",
     "describe",
+    "kmeans_groups",
     "partition",
 ]
 
@@ -190,9 +199,46 @@ def _dirichlet(codes: np.ndarray, k: int, options: PartitionOptions) -> list[np.
 
 
 #: Every partitioner, by the name ``federation.partition`` and :func:`partition` use.
+#: ``cluster`` is ``dirichlet`` over k-means groups instead of classes: the same
+#: algorithm, fed what :data:`PARTITION_GROUPS` says.
 PARTITIONERS: Mapping[str, Partitioner] = MappingProxyType(
-    {"iid": _iid, "dirichlet": _dirichlet, "shards": _shards}
+    {"iid": _iid, "dirichlet": _dirichlet, "shards": _shards, "cluster": _dirichlet}
 )
+
+#: What each scheme's ``labels`` argument must hold: ``None`` (ignored: any constant),
+#: ``"labels"`` (the class labels) or ``"clusters"`` (:func:`kmeans_groups` of the
+#: examples' embeddings). A caller picks the input from here, never from the name.
+PARTITION_GROUPS: Mapping[str, str | None] = MappingProxyType(
+    {"iid": None, "dirichlet": "labels", "shards": "labels", "cluster": "clusters"}
+)
+
+
+def kmeans_groups(embeddings: npt.ArrayLike, clusters: int = 8, *, seed: int = 0) -> np.ndarray:
+    """One k-means cluster id (``0..k-1``) per row of ``embeddings`` (``n x d``).
+
+    scikit-learn's ``KMeans`` (k-means++ init, Lloyd iterations, 4 restarts), seeded: the
+    same embeddings and seed give the same ids. ``k`` is ``min(clusters, n)``; clusters are
+    renumbered by their smallest member so the ids do not depend on the initialisation's
+    order. Rows are L2-normalised first (sentence embeddings compare by cosine).
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ConfigError("embeddings", f"must be a non-empty n x d array, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise DataError("embeddings hold NaN or infinite values; cannot cluster them")
+    _check_int("clusters", clusters, low=1)
+    _check_int("seed", seed, low=0)
+    from sklearn.cluster import KMeans  # a dependency of sentence-transformers (MiniLM)
+
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x = x / np.where(norms > 0, norms, 1.0)
+    k = min(int(clusters), x.shape[0])
+    ids = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(x)
+    # canonical numbering: cluster of example 0 is 0, the next new one 1, ...
+    _, first = np.unique(ids, return_index=True)
+    rank = np.empty(int(ids.max()) + 1, dtype=np.int64)
+    rank[ids[np.sort(first)]] = np.arange(first.shape[0])
+    return rank[ids]
 
 
 def _too_small(parts: list[np.ndarray], min_size: int, what: str, hint: str) -> str:

@@ -10,6 +10,7 @@ Two pretrained backbones install from the package index and load with no hub:
 Anything else is a local Hugging Face folder or, where a hub is reachable, a hub id.
 """
 
+from fedpeft.models.embed import embed_texts
 from fedpeft.models.registry import (
     ARCHITECTURES,
     MODEL_REGISTRY,
@@ -19,6 +20,7 @@ from fedpeft.models.registry import (
     cache_root,
     load_backbone,
     load_tokenizer,
+    quiet_transformers,
     resolve_device,
     resolve_model_path,
 )
@@ -30,8 +32,10 @@ __all__ = [
     "Task",
     "arch_spec",
     "cache_root",
+    "embed_texts",
     "load_backbone",
     "load_tokenizer",
+    "quiet_transformers",
     "resolve_device",
     "resolve_model_path",
 ]

@@ -339,7 +339,7 @@ class DpPlan:
     noise_to_clip: float  # RMS noise norm on the mean / C
     epsilon: float  # what the planned rounds spend at this noise
     rounds_affordable: int | None  # central, fixed z and a target: rounds before it stops
-    search: CohortSearch
+    search: CohortSearch | None  # None: not searched (the line at the start of a run)
     target_ratio: float = TARGET_RATIO
 
     @property
@@ -379,7 +379,13 @@ class DpPlan:
                 "before the budget stops the run."
             )
         found = self.search
-        if found.cohort is None:
+        if found is None:
+            tail = (
+                ""
+                if self.carries_noise
+                else (" `fedpeft dp plan` finds the cohort that would carry it.")
+            )
+        elif found.cohort is None:
             tail = (
                 f" No cohort of these {s.population:,} clients reaches {self.target_ratio:g}: "
                 f"even all of them every round leaves {found.ratio_at_population:.3g}; it "
@@ -395,9 +401,10 @@ class DpPlan:
         return head + tail
 
 
-def make_plan(s: PlanSettings, target: float = TARGET_RATIO) -> DpPlan:
+def make_plan(s: PlanSettings, target: float = TARGET_RATIO, *, search: bool = True) -> DpPlan:
     """The plan for ``s``: z, the noise on the sum and on the mean, the noise-to-clip ratio,
-    ε spent, and the smallest cohort whose ratio meets ``target``."""
+    ε spent, and (``search``: it recalibrates z for every cohort it tries, which takes
+    minutes for a large population) the smallest cohort whose ratio meets ``target``."""
     curve = NoiseCurve(s)
     z = curve(s.cohort)  # first: exactly the run's calibration, not a bracketed one
     spent = epsilon([round_privacy(s, z)] * s.rounds, s.delta, s.accountant)
@@ -421,6 +428,6 @@ def make_plan(s: PlanSettings, target: float = TARGET_RATIO) -> DpPlan:
         noise_to_clip=noise_to_clip(z, s.dimension, s.cohort),
         epsilon=spent,
         rounds_affordable=affordable,
-        search=smallest_cohort(s, target, curve),
+        search=smallest_cohort(s, target, curve) if search else None,
         target_ratio=target,
     )

@@ -10,7 +10,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -45,6 +45,24 @@ class TaskSettings:
     # SecAgg: the round's public integer encoding (fedpeft.privacy.secagg.updates
     # SecureEncoding.to_dict()), on masked-input tasks only
     secagg_encoding: Mapping[str, Any] | None = None
+    # DP: what a client's own accountant needs to bound the run's epsilon (its privacy
+    # policy, fedpeft.client.policy), declared on every training task of a DP run.
+    # Distributed DP declares no noise multiplier: the client derives it from the bound
+    # encoding's noise sigma, levels and clip and the parameters' survivor floor.
+    dp_mechanism: str | None = None  # "central" (the coordinator noises) or "distributed"
+    dp_noise_multiplier: float | None = None  # central: noise std on the sum / dp_clip
+    dp_sampling: str | None = None  # "fixed" or "poisson": the neighbouring relation
+    dp_population: int | None = None  # clients the cohorts are drawn from
+    dp_cohort: int | None = (
+        None  # clients per round (central DP's amplification: cohort/population)
+    )
+    dp_rounds: int | None = None  # rounds the run plans
+    dp_delta: float | None = None
+    dp_accountant: str | None = None  # "rdp" or "pld"
+
+    #: fields that travel as text / as integers (every other scalar is a finite number)
+    TEXT: ClassVar[frozenset[str]] = frozenset({"dp_mechanism", "dp_sampling", "dp_accountant"})
+    INTEGER: ClassVar[frozenset[str]] = frozenset({"dp_population", "dp_cohort", "dp_rounds"})
 
     def replace(self, **changes: Any) -> TaskSettings:
         return dataclasses.replace(self, **changes)
@@ -73,6 +91,16 @@ class TaskSettings:
                 if not isinstance(value, Mapping):
                     raise ProtocolError("task settings: `secagg_encoding` must be an object")
                 values[name] = dict(value)
+                continue
+            if name in cls.TEXT:
+                if not isinstance(value, str):
+                    raise ProtocolError(f"task settings: `{name}` must be text")
+                values[name] = value
+                continue
+            if name in cls.INTEGER:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ProtocolError(f"task settings: `{name}` must be a non-negative integer")
+                values[name] = value
                 continue
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not number or not math.isfinite(float(value)):

@@ -2,12 +2,14 @@
 
 The job itself (engine settings, privacy, run folder, summary) is
 :class:`fedpeft.coordinator.job.Job`, as in a deployment; a simulation brings the virtual
-clients' shards, a seeded sampler and a backend of long-lived workers.
+clients' shards, a seeded sampler, a backend of long-lived workers, and the clients' own
+state store (:mod:`fedpeft.simulation.client_store`, ``<run>/clients``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,27 +20,21 @@ from fedpeft.coordinator import failures
 from fedpeft.coordinator.engine import Backend, EngineHooks, checkpoint_exists
 from fedpeft.coordinator.job import Job
 from fedpeft.coordinator.sampling import ClientSampler
-from fedpeft.data import ClassificationData, describe, partition
+from fedpeft.data import describe, partition
 from fedpeft.errors import ConfigError
 from fedpeft.models import resolve_model_path
 from fedpeft.protocol.messages import AppFactory
 from fedpeft.rundir import RunDir
-from fedpeft.training.setup import load_job_data
+from fedpeft.simulation.client_store import CLIENTS_DIR, stateful_factory
+from fedpeft.training.setup import load_job_data, partition_groups
 
 
 def make_shards(cfg: JobConfig) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Split the training set over the virtual clients (seeded)."""
     data = load_job_data(cfg)
     fed = cfg.federation
-    if isinstance(data.train, ClassificationData):
-        labels = np.asarray(data.train.labels)
-    else:
-        if fed.partition != "iid":
-            raise ConfigError(
-                "federation.partition",
-                f"{fed.partition!r} needs labels; instruction data supports only 'iid'",
-            )
-        labels = np.zeros(len(data.train), dtype=np.int64)
+    # what the partition deals out: nothing (iid), class labels, or k-means clusters
+    labels = partition_groups(cfg, data.train)
     shards = partition(
         labels,
         fed.clients,
@@ -84,6 +80,7 @@ def run_simulation(
     app_factory: AppFactory | None = None,
     export: bool = True,
     force: bool = False,
+    on_plan: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the job; writes the run folder and returns the summary. An output
     folder holding another run is refused unless ``force`` (which replaces that run once
@@ -112,7 +109,12 @@ def run_simulation(
         started=started,
         force=force,
     )
-    backend = make_backend(cfg, app_factory or client_app_factory(cfg))
+    # each virtual client's own state (its error-feedback residual, the adapter it holds)
+    # stays beside the backend, in <run>/clients, as it would on a device
+    factory = stateful_factory(
+        app_factory or client_app_factory(cfg), job.run_dir.path / CLIENTS_DIR
+    )
+    backend = make_backend(cfg, factory)
     if cfg.secagg.enabled and cfg.secagg.dropout_rate > 0:
         from fedpeft.simulation.dropout import DropoutBackend
 
@@ -125,6 +127,7 @@ def run_simulation(
         shards,
         failures.watch(hooks),  # stops a run whose clients all raise one error
         export=export,
+        on_plan=on_plan,  # a DP run's noise against its clip, before round 1
         # evaluation is on the first data.max_eval_examples held-out examples: say how many
         extra={
             "eval_examples": meta["eval_examples"],

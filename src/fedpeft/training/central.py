@@ -12,6 +12,7 @@ from fedpeft.data import check_job_labels
 from fedpeft.models import resolve_model_path
 from fedpeft.rundir import RunDir, new_run_id
 from fedpeft.training.encode import encode
+from fedpeft.training.generate import Generation
 from fedpeft.training.loop import evaluate, planned_steps, train_local
 from fedpeft.training.prefix import prefix_cache_for
 from fedpeft.training.setup import build_adapted_model, load_job_data, set_threads
@@ -43,10 +44,13 @@ def run_central(
     train_enc = encode(adapted.tokenizer, data.train, cfg.data.max_length)
     eval_enc = encode(adapted.tokenizer, data.eval, cfg.data.max_length) if data.eval else None
 
+    generation = Generation.from_config(cfg, adapted.tokenizer)  # ROUGE-L, if asked
     record: dict[str, Any] = {"step": 0}
     if eval_enc is not None and data.task.value == "causal_lm":
-        # perplexity before training, so the gain is visible in one file
-        initial = evaluate(adapted.model, eval_enc, cfg.train.eval_batch_size)
+        # perplexity (and ROUGE-L) before training, so the gain is visible in one file
+        initial = evaluate(
+            adapted.model, eval_enc, cfg.train.eval_batch_size, generation=generation
+        )
         record.update({f"initial_{k}": v for k, v in initial.items()})
 
     def step_hook(step: int, total: int, loss: float) -> None:
@@ -72,7 +76,9 @@ def run_central(
         "train_seconds": stats.seconds,
     }
     if eval_enc is not None:
-        record.update(evaluate(adapted.model, eval_enc, cfg.train.eval_batch_size))
+        record.update(
+            evaluate(adapted.model, eval_enc, cfg.train.eval_batch_size, generation=generation)
+        )
     record["wall_seconds"] = time.perf_counter() - start
     run.append_metrics(record)
     run.save_state(trainable_state(adapted.model))

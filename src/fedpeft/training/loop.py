@@ -21,6 +21,7 @@ from fedpeft.config import TrainConfig
 from fedpeft.training.encode import IGNORE_INDEX, EncodedData
 
 if TYPE_CHECKING:
+    from fedpeft.training.generate import Generation
     from fedpeft.training.prefix import PrefixCache
 
 
@@ -30,6 +31,7 @@ class TrainStats:
     examples: int  # examples seen (with repetition over epochs)
     loss: float  # mean training loss over the run
     seconds: float
+    tokens: int = 0  # non-padding input tokens run through the model (tokens/s = tokens/seconds)
 
 
 def planned_steps(n_examples: int, cfg: TrainConfig) -> int:
@@ -123,7 +125,7 @@ def train_local(
     model.train()
     optimizer.zero_grad(set_to_none=True)  # gradients left on the model are not ours to add
     keys = data.global_indices() if prefix is not None else []
-    step = micro = examples = 0
+    step = micro = examples = tokens = 0
     loss_sum = 0.0
     while step < total:
         for idx in data.batch_indices(cfg.batch_size, generator=generator):
@@ -146,6 +148,7 @@ def train_local(
             (loss / cfg.grad_accum).backward()
             loss_sum += float(loss.detach())
             examples += batch["input_ids"].shape[0]
+            tokens += int(batch["attention_mask"].sum())
             micro += 1
             if micro % cfg.grad_accum:
                 continue
@@ -160,7 +163,8 @@ def train_local(
             if step >= total:
                 break
     model.eval()
-    return TrainStats(step, examples, loss_sum / max(1, micro), time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return TrainStats(step, examples, loss_sum / max(1, micro), seconds, tokens)
 
 
 @dataclass
@@ -173,6 +177,8 @@ class EvalSums:
     pred: list[int] = field(default_factory=list)  # classification only
     gold: list[int] = field(default_factory=list)
     causal: bool = False
+    rouge_sum: float = 0.0  # causal LM with generation: sum of ROUGE-L F1 (0..1)
+    rouge_count: int = 0
 
 
 def eval_order(data: EncodedData, part: int = 0, parts: int = 1) -> list[int]:
@@ -193,8 +199,13 @@ def evaluate_sums(
     part: int = 0,
     parts: int = 1,
     prefix: PrefixCache | None = None,
+    generation: Generation | None = None,
 ) -> EvalSums:
     """Evaluate slice ``part`` of ``parts`` of ``data`` (see :func:`eval_order`).
+
+    With ``generation`` (causal LM) the slice's share of the first ``generation.examples``
+    examples is also completed greedily and scored by ROUGE-L (:mod:`.generate`): on CPU
+    this costs far more than the perplexity pass (one forward per new token).
 
     With a ``prefix`` cache built on ``data`` (classification, LoRA in the top blocks
     only) the frozen blocks run once per example for the whole run: every later
@@ -234,18 +245,29 @@ def evaluate_sums(
         sums.count += n
         sums.pred.extend(logits.argmax(-1).cpu().tolist())
         sums.gold.extend(batch["labels"].cpu().tolist())
+    if generation is not None and data.is_causal:
+        from fedpeft.training.generate import rouge_sums
+
+        sums.rouge_sum, sums.rouge_count = rouge_sums(
+            model, data, generation, part=part, parts=parts
+        )
     return sums
 
 
 def finish_eval(parts: list[EvalSums]) -> dict[str, float]:
-    """Classification: accuracy, macro-F1, loss. Causal LM: loss and perplexity."""
+    """Classification: accuracy, macro-F1, loss. Causal LM: loss and perplexity (of the
+    response tokens), and ``eval_rouge_l`` (ROUGE-L F1 in points, 0..100) where generated."""
     if not parts:
         return {}
     loss_sum = sum(p.loss_sum for p in parts)
     count = sum(p.count for p in parts)
     if parts[0].causal:
         mean = loss_sum / max(count, 1.0)
-        return {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50.0))}
+        out = {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50.0))}
+        generated = sum(p.rouge_count for p in parts)
+        if generated:
+            out["eval_rouge_l"] = 100.0 * sum(p.rouge_sum for p in parts) / generated
+        return out
     pred = torch.tensor([x for p in parts for x in p.pred], dtype=torch.long)
     gold = torch.tensor([x for p in parts for x in p.gold], dtype=torch.long)
     if len(gold) == 0:
@@ -257,9 +279,16 @@ def finish_eval(parts: list[EvalSums]) -> dict[str, float]:
     }
 
 
-def evaluate(model: torch.nn.Module, data: EncodedData, batch_size: int = 64) -> dict[str, float]:
-    """Classification: accuracy, macro-F1, loss. Causal LM: loss and perplexity."""
-    return finish_eval([evaluate_sums(model, data, batch_size)])
+def evaluate(
+    model: torch.nn.Module,
+    data: EncodedData,
+    batch_size: int = 64,
+    *,
+    generation: Generation | None = None,
+) -> dict[str, float]:
+    """Classification: accuracy, macro-F1, loss. Causal LM: loss and perplexity (and
+    ROUGE-L with ``generation``)."""
+    return finish_eval([evaluate_sums(model, data, batch_size, generation=generation)])
 
 
 def macro_f1(pred: torch.Tensor, gold: torch.Tensor) -> float:

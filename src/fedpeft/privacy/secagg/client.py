@@ -13,10 +13,17 @@ Stages (each method once, in this order; anything else raises :class:`SecAggErro
 
 A stage that raises leaves the client in the stage it was in (nothing is committed before
 every check has passed).
+
+The keys of the shares a client exchanges with its neighbours are bound to the round's
+parameters (:attr:`SecAggParams.binding`, which covers the update encoding's digest): a
+neighbour that was handed other parameters cannot open them, and the client cannot open
+its, so a coordinator that tells clients different things gets no masked input from them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 from typing import Any
 
@@ -110,6 +117,14 @@ class SecAggClient:
             )
         return frame
 
+    def _share_key(self, peer_enc_pk: bytes, sender: int, recipient: int) -> bytes:
+        """The AES-GCM key of the shares between ``sender`` and ``recipient``: the X25519
+        agreement's key, bound to every parameter of the round (its digest as HMAC input),
+        so that only clients given the same parameters can open each other's shares."""
+        agreed = crypto.share_key(self._enc_sk, peer_enc_pk, self.params.round, sender, recipient)
+        bound = b"fedpeft-secagg-v1 params " + self.params.binding
+        return hmac.new(agreed, bound, hashlib.sha256).digest()
+
     def _frame(self, stage: Stage, body: bytes) -> bytes:
         return encode_frame(stage, self.params.round, self.client_id, SERVER, body)
 
@@ -166,7 +181,7 @@ class SecAggClient:
             plain = PLAINTEXT.pack(
                 rnd, self.client_id, peer, x, mask_shares[x - 1], self_shares[x - 1]
             )
-            key = crypto.share_key(self._enc_sk, enc_pk, rnd, self.client_id, peer)
+            key = self._share_key(enc_pk, self.client_id, peer)
             rows.append((peer, crypto.encrypt(key, plain, rnd, self.client_id, peer)))
         self._peer_keys = peers
         self.stage = ClientStage.SHARED
@@ -231,15 +246,14 @@ class SecAggClient:
         round, the sender, this client and this client's x-coordinate: a relayed or
         replayed share would otherwise be rebuilt into the wrong secret."""
         p = self.params
-        key = crypto.share_key(
-            self._enc_sk, self._peer_keys[sender][0], p.round, sender, self.client_id
-        )
+        key = self._share_key(self._peer_keys[sender][0], sender, self.client_id)
         try:
             plain = crypto.decrypt(key, blob, p.round, sender, self.client_id)
         except crypto.InvalidTag:
             raise SecAggRejected(
                 sender,
-                f"its ciphertext to client {self.client_id} fails AES-GCM authentication",
+                f"its ciphertext to client {self.client_id} fails AES-GCM authentication "
+                "(tampered, or the two clients were given different round parameters)",
             ) from None
         rnd, src, dst, index, mask_share, self_share = PLAINTEXT.unpack(plain)
         expected_x = p.share_index(sender, self.client_id)

@@ -28,6 +28,16 @@ and the planner only picks even ones.
 whose noise the accountant counted) is part of the parameters every client checks: a client
 refuses to unmask unless the coordinator's declared survivor list — which it must send to
 every client — holds at least that many clients and the client itself.
+
+**The encoding is bound to the session.** ``encoding_digest`` is the SHA-256 of the
+round's public update encoding (σ of the distributed-DP noise, the clip range, the
+quantisation levels and bits, the shared subset's seed, …: :func:`encoding_digest`). A
+client refuses a masked-input task whose encoding does not hash to it, and every client
+derives the AES-GCM keys of the shares it exchanges with its neighbours from the digest
+of the *whole* parameters (:attr:`SecAggParams.binding`). A coordinator that hands two
+clients different parameters — a different encoding, σ = 0 for one, another floor —
+therefore gets ciphertexts those clients cannot open: they refuse their masked inputs and
+the round aborts before any input is released.
 """
 
 from __future__ import annotations
@@ -36,8 +46,10 @@ import functools
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +64,7 @@ __all__ = [
     "SECURITY_BITS",
     "SMALL_COHORT",
     "SecAggParams",
+    "encoding_digest",
     "harary_neighbours",
     "plan_secagg",
     "survivor_floor",
@@ -71,6 +84,21 @@ MAX_CLIENTS = 1 << 16
 #: update from the released sum (its own subtracted); with three, one curious client
 #: learns only the sum of the other two
 MIN_COHORT = 3
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def encoding_digest(encoding: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a round's public update encoding
+    (:class:`fedpeft.privacy.secagg.updates.SecureEncoding`, or the calibration statistics'
+    ``StatsEncoding``, as ``to_dict()``), normalised through its ``from_dict`` so that both
+    ends hash the same canonical JSON whatever the transport did to it (an integer clip
+    range that came back as a float)."""
+    from fedpeft.privacy.secagg.updates import SecureEncoding, StatsEncoding
+
+    kind = StatsEncoding if encoding.get("kind") == "feature_stats" else SecureEncoding
+    canonical = kind.from_dict(encoding).to_dict()
+    body = json.dumps(canonical, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(b"fedpeft-secagg-encoding-v1 " + body.encode()).hexdigest()
 
 
 def survivor_floor(cohort: int, dropout_fraction: float) -> int:
@@ -99,6 +127,8 @@ class SecAggParams:
     """Public seed of the neighbour graph's random permutation."""
     min_survivors: int = 0
     """Fewest survivors with which a client unmasks (0: only the threshold's floor)."""
+    encoding_digest: str = ""
+    """:func:`encoding_digest` of the round's update encoding ("": none bound)."""
 
     def __post_init__(self) -> None:
         clients = tuple(int(c) for c in self.clients)
@@ -145,12 +175,41 @@ class SecAggParams:
             raise ConfigError(
                 "secagg.min_survivors", f"must be in [0, {n}], got {self.min_survivors}"
             )
+        if self.encoding_digest and not _DIGEST.fullmatch(self.encoding_digest):
+            raise ConfigError(
+                "secagg.encoding_digest",
+                f"must be 64 lowercase hex digits (SHA-256), got {self.encoding_digest!r}",
+            )
 
     @property
     def survivor_floor(self) -> int:
         """Fewest declared survivors a client unmasks for: ``min_survivors``, and never
         fewer than the protocol's own ``t + 1``."""
         return max(self.min_survivors, self.threshold + 1)
+
+    @functools.cached_property
+    def binding(self) -> bytes:
+        """SHA-256 of every parameter (the encoding's digest included), mixed into the keys
+        of the shares clients exchange: clients given different parameters cannot open
+        each other's shares, so the round aborts (see the module docstring)."""
+        body = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(b"fedpeft-secagg-params-v1 " + body.encode()).digest()
+
+    def check_encoding(self, encoding: Mapping[str, Any] | None) -> None:
+        """Refuse (:class:`SecAggError`) a masked-input task's encoding unless it is the
+        one these parameters bind (parameters that bind none are refused: a coordinator
+        could otherwise give clients of one cohort different noise or clipping)."""
+        if not self.encoding_digest:
+            raise SecAggError(f"round {self.round}: the round's parameters bind no encoding")
+        if encoding is None:
+            raise SecAggError("a masked-input task without the encoding its parameters bind")
+        got = encoding_digest(encoding)
+        if got != self.encoding_digest:
+            raise SecAggError(
+                f"round {self.round}: the task's encoding (sha256 {got[:12]}…) is not the one "
+                f"the round's parameters bind (sha256 {self.encoding_digest[:12]}…); a "
+                "coordinator sending clients different encodings is refused"
+            )
 
     @functools.cached_property
     def _graph(self) -> dict[int, tuple[int, ...]]:
@@ -199,6 +258,7 @@ class SecAggParams:
                 length=int(fields["length"]),
                 graph_seed=int(fields["graph_seed"]),
                 min_survivors=int(fields["min_survivors"]),
+                encoding_digest=str(fields.get("encoding_digest", "")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise SecAggError(f"malformed secure-aggregation parameters: {exc}") from exc
@@ -258,6 +318,7 @@ def plan_secagg(
     dropout_fraction: float = 0.3,
     min_degree: int | None = None,
     min_survivors: int = 0,
+    encoding: Mapping[str, Any] | None = None,
 ) -> SecAggParams:
     """Plan one SecAgg+ round: degree ``k`` and threshold ``t`` for ``n = len(cohort)``.
 
@@ -291,7 +352,8 @@ def plan_secagg(
     graph). Impossible settings raise :class:`fedpeft.errors.ConfigError` naming the field.
 
     ``min_survivors`` (distributed DP's ``n_min``) travels in the parameters: clients
-    refuse to unmask for fewer declared survivors.
+    refuse to unmask for fewer declared survivors. ``encoding`` (the round's
+    ``SecureEncoding.to_dict()``) is bound by its digest: clients refuse any other.
     """
     clients = _check_cohort(cohort, dropout_fraction, min_degree)
     n = len(clients)
@@ -307,6 +369,7 @@ def plan_secagg(
         length=length,
         graph_seed=_graph_seed(seed, round_num),
         min_survivors=min_survivors,
+        encoding_digest="" if encoding is None else encoding_digest(encoding),
     )
 
 
