@@ -136,10 +136,11 @@ class StatefulApp:
         except FileNotFoundError as exc:
             return TrainResult(task.round, task.client_id, error=str(exc))
         result = self.inner.train(_with_state(task, own))
-        if result.state is not None:
-            self.store.save(task.client_id, result.state, keep=start)
+        if result.ok:  # it applied the downlink: it holds the task's version now
+            new = result.state if result.state is not None else ClientState(task.version)
+            self.store.save(task.client_id, new, keep=start)
             # the engine learns only that the client now holds this version
-            result.state = ClientState(version=result.state.version)
+            result.state = ClientState(version=new.version)
         return result
 
 
