@@ -138,42 +138,19 @@ def run_observed(
 ) -> ObservedJob:
     """Run ``cfg`` as ``fedpeft simulate`` does (same job, shards, sampler and backend)
     and keep what the coordinator holds each round."""
-    from fedpeft.client.factory import app_factory
-    from fedpeft.coordinator import failures
-    from fedpeft.coordinator.engine import EngineHooks
-    from fedpeft.coordinator.job import Job
-    from fedpeft.coordinator.sampling import ClientSampler
     from fedpeft.data import ClassificationData
-    from fedpeft.simulation.run import make_backend, make_shards
+    from fedpeft.simulation.run import make_shards, run_simulation
     from fedpeft.training.setup import load_job_data
 
     started = time.perf_counter()
-    shards, meta = make_shards(cfg)
-    fed = cfg.federation
-    job = Job(
-        cfg,
-        meta,
-        resume=False,
-        population=fed.clients,
-        shard_sizes=[len(s) for s in shards],
-        started=started,
-        force=force,
-    )
+    shards, meta = make_shards(cfg)  # the ground truth: run_simulation deals the same ones
     observer = Observer()
-    job.protection["collection"] = observe(job.protection["collection"], observer)
-    backend = make_backend(cfg, app_factory(cfg))
-    if cfg.secagg.enabled and cfg.secagg.dropout_rate > 0:
-        from fedpeft.simulation.dropout import DropoutBackend
-
-        backend = DropoutBackend(
-            backend, cfg.secagg.dropout_rate, cfg.secagg.dropout_stage, cfg.train.seed
-        )
-    summary = job.run(
-        backend,
-        ClientSampler(fed.clients, fed.clients_per_round, fed.sampling, cfg.train.seed),
-        shards,
-        failures.watch(hooks or EngineHooks()),
+    summary = run_simulation(
+        cfg,
+        hooks=hooks,
+        force=force,
         export=True,  # the released adapter: what membership inference attacks
+        wrap_collection=lambda collection: observe(collection, observer),
     )
     train = load_job_data(cfg).train
     labels = np.asarray(train.labels) if isinstance(train, ClassificationData) else None

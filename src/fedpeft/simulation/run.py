@@ -81,6 +81,7 @@ def run_simulation(
     export: bool = True,
     force: bool = False,
     on_plan: Callable[[str], None] | None = None,
+    wrap_collection: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the job; writes the run folder and returns the summary. An output
     folder holding another run is refused unless ``force`` (which replaces that run once
@@ -109,6 +110,8 @@ def run_simulation(
         started=started,
         force=force,
     )
+    if wrap_collection is not None:  # e.g. fedpeft audit keeping what the coordinator holds
+        job.protection["collection"] = wrap_collection(job.protection["collection"])
     # each virtual client's own state (its error-feedback residual, the adapter it holds)
     # stays beside the backend, in <run>/clients, as it would on a device
     factory = stateful_factory(
